@@ -1,0 +1,23 @@
+"""First-stage autoencoders (KL and VQ) of latent diffusion, with their GAN + LPIPS training loss."""
+from .config import AutoencoderConfig, AutoencoderLossConfig
+from .discriminator import NLayerDiscriminator
+from .losses import AutoencoderLoss, adaptive_weight, disc_factor
+from .lpips import LPIPS
+from .model import Autoencoder, Decoder, Encoder
+from .regularizers import DiagonalGaussian, KLRegularizer, VQRegularizer
+
+__all__ = [
+    "AutoencoderConfig",
+    "AutoencoderLossConfig",
+    "Autoencoder",
+    "Encoder",
+    "Decoder",
+    "DiagonalGaussian",
+    "KLRegularizer",
+    "VQRegularizer",
+    "LPIPS",
+    "NLayerDiscriminator",
+    "AutoencoderLoss",
+    "adaptive_weight",
+    "disc_factor",
+]

@@ -1,0 +1,108 @@
+"""``ldmkit`` command line: argument parsing only; each subcommand calls one function."""
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import sys
+
+from ..config import ConfigError
+
+
+def _add_train(sub, name: str, help_text: str) -> None:
+    p = sub.add_parser(name, help=help_text, description=help_text)
+    p.add_argument("config", help="preset name (e.g. autoencoder/kl-f4-fmnist) or a YAML file")
+    p.add_argument("overrides", nargs="*", help="section.key=value overrides, e.g. train.steps=100")
+    p.add_argument("--no-resume", action="store_true", help="start fresh even if the run folder has a checkpoint")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="ldmkit", description="Latent Diffusion Models: train, sample, evaluate.")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    _add_train(sub, "train-autoencoder", "train a first-stage autoencoder (KL or VQ)")
+    _add_train(sub, "train-ldm", "train a latent diffusion model over a frozen autoencoder")
+
+    p = sub.add_parser("eval-autoencoder", help="PSNR / SSIM of an autoencoder on the held-out split")
+    p.add_argument("weights", help="autoencoder.safetensors")
+    p.add_argument("--n", type=int, default=0, help="number of test images (0 = all)")
+    p.add_argument("--batch-size", type=int, default=250)
+    p.add_argument("--out", default=None, help="folder for report.json and the reconstruction grid")
+    p.add_argument("--data-root", default=None, help="override the data folder stored with the weights")
+
+    p = sub.add_parser("sample", help="sample images from a trained pipeline")
+    p.add_argument("checkpoint", help="pipeline.safetensors")
+    p.add_argument("--class", dest="classes", action="append", default=None,
+                   help="class index or name (repeatable, or comma-separated)")
+    p.add_argument("--n", type=int, default=8, help="images per class (or in all, for unconditional models)")
+    p.add_argument("--steps", type=int, default=50)
+    p.add_argument("--sampler", default="ddim")
+    p.add_argument("--eta", type=float, default=0.0, help="DDIM eta (0 = deterministic)")
+    p.add_argument("--guidance", type=float, default=3.0, help="classifier-free guidance scale (1 = off)")
+    p.add_argument("--seed", type=int, default=0, help="image k gets seed + k")
+    p.add_argument("--batch-size", type=int, default=100)
+    p.add_argument("--device", default="auto")
+    p.add_argument("--out", default="samples")
+
+    p = sub.add_parser("demo", help="Fashion-MNIST end to end: autoencoder, class-conditional LDM, scored grid")
+    p.add_argument("--out", default="runs/demo")
+    p.add_argument("--n-score", type=int, default=1000, help="guided samples scored by the classifier")
+    p.add_argument("--guidance", type=float, default=3.0)
+    p.add_argument("overrides", nargs="*", help="ae.section.key=value or ldm.section.key=value overrides")
+    return parser
+
+
+def _run(args: argparse.Namespace) -> None:
+    if args.command in ("train-autoencoder", "train-ldm"):
+        from ..config import load_config
+
+        if args.command == "train-autoencoder":
+            from ..training.autoencoder_loop import AutoencoderRunConfig, train_autoencoder
+
+            path = train_autoencoder(load_config(AutoencoderRunConfig, args.config, args.overrides),
+                                     resume=not args.no_resume)
+        else:
+            from ..training.ldm_loop import LDMRunConfig, train_ldm
+
+            path = train_ldm(load_config(LDMRunConfig, args.config, args.overrides), resume=not args.no_resume)
+        print(f"weights: {path}")
+    elif args.command == "eval-autoencoder":
+        from ..evaluation.autoencoder_report import evaluate_autoencoder
+
+        report = evaluate_autoencoder(args.weights, n=args.n, batch_size=args.batch_size, out=args.out,
+                                      data_root=args.data_root)
+        print(" ".join(f"{k}={v:.4f}" if isinstance(v, float) else f"{k}={v}" for k, v in report.items()
+                       if not isinstance(v, dict)))
+    elif args.command == "sample":
+        from .sample import sample_command
+
+        sample_command(args)
+    elif args.command == "demo":
+        from .demo import run_demo
+
+        run_demo(args)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if args.command is None:
+        parser.print_help()
+        return 2
+    logging.basicConfig(level=logging.WARNING, format="%(levelname)s: %(message)s")
+    try:
+        _run(args)
+    except (ConfigError, FileNotFoundError, ValueError) as e:
+        # user mistakes: one line, no traceback (LDMKIT_DEBUG=1 shows it)
+        if os.environ.get("LDMKIT_DEBUG"):
+            raise
+        msg = str(e).splitlines()[0] if str(e) else type(e).__name__
+        print(f"ldmkit: error: {msg}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("ldmkit: interrupted (the last checkpoint is kept; run the same command to resume)", file=sys.stderr)
+        return 130
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,44 @@
+"""Configuration of the data sets: one dataclass shared by every data source."""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Literal
+
+from ldmkit.config import ConfigError, require
+
+
+class DataError(ConfigError):
+    """A data problem the user can fix (bad file, empty folder); printed as one line by the CLI."""
+
+
+class DataNotFoundError(DataError, FileNotFoundError):
+    """The data set is not on disk; also a FileNotFoundError so callers can catch it as such."""
+
+
+@dataclass
+class DataConfig:
+    """Which data set to load and how to preprocess it.
+
+    One flat config (rather than one per source) keeps YAML presets and ``data.x=y``
+    overrides simple; fields a source does not use are ignored by it.
+    """
+
+    name: Literal["fashion_mnist", "image_folder", "shapes"] = "shapes"
+    root: str | None = None  # folder for image_folder; IDX folder for fashion_mnist (optional)
+    image_size: int = 32
+    channels: int = 3  # 1 (grayscale) or 3
+    flip: bool = False  # random horizontal flip (train only)
+    shapes_size: int = 10000  # procedural images per train split (test: shapes_size // 10)
+    max_objects: int = 2
+    seed: int = 0
+    download: bool = False  # fashion_mnist: allow downloading the official files into the cache
+
+    def __post_init__(self) -> None:
+        require(self.name in ("fashion_mnist", "image_folder", "shapes"), "name",
+                f"expected one of fashion_mnist, image_folder, shapes, got {self.name!r}")
+        require(self.channels in (1, 3), "channels", f"must be 1 or 3, got {self.channels}")
+        require(self.image_size >= 8, "image_size", f"must be >= 8, got {self.image_size}")
+        require(self.max_objects >= 1, "max_objects", f"must be >= 1, got {self.max_objects}")
+        require(self.shapes_size >= 1, "shapes_size", f"must be >= 1, got {self.shapes_size}")
+        require(self.name != "image_folder" or bool(self.root), "root",
+                "required for name=image_folder (a folder of images)")

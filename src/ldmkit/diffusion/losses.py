@@ -1,0 +1,43 @@
+"""The simplified denoising objective L_simple (Ho et al. 2020, eq. 14; LDM paper eq. 2)."""
+from __future__ import annotations
+
+from typing import Any, Callable, Literal
+
+import torch
+from torch import Tensor
+
+from ldmkit.config import ConfigError
+from ldmkit.diffusion import noise as noise_lib
+from ldmkit.diffusion.parameterization import q_sample, target
+from ldmkit.diffusion.schedule import Schedule
+
+DenoiseFn = Callable[[Tensor, Tensor], Tensor]
+
+
+def diffusion_loss(schedule: Schedule, denoise_fn: DenoiseFn, x0: Tensor, *, t: Tensor | None = None,
+                   noise: Tensor | None = None, generator: noise_lib.Generators = None,
+                   loss_type: Literal["l2", "l1"] = "l2") -> tuple[Tensor, dict[str, Any]]:
+    """Per-sample loss E_{t, eps} || target - denoise_fn(x_t, t) ||, averaged over non-batch dims.
+
+    1. t ~ U{0, ..., T-1} and eps ~ N(0, I), unless given (drawn from ``generator``).
+    2. x_t = q_sample(x0, t, eps) (DDPM eq. 4).
+    3. The output of ``denoise_fn(x_t, t)`` is compared, in float32 or wider, with the target of
+       the schedule's parameterization (eps, x0 or v): squared error for "l2", absolute for "l1".
+
+    Returns ``(loss (B,), info)`` where info holds ``t``, ``noise``, ``x_t``, ``output`` and ``target``.
+    """
+    if loss_type not in ("l2", "l1"):
+        raise ConfigError(f"loss_type: expected l2 or l1, got {loss_type!r}")
+    batch = x0.shape[0]
+    if t is None:
+        t = noise_lib.randint(schedule.timesteps, batch, generator, device=x0.device)
+    if noise is None:
+        noise = noise_lib.randn(x0.shape, generator, device=x0.device, dtype=x0.dtype)
+    x_t = q_sample(schedule, x0, t, noise)
+    output = denoise_fn(x_t, t)
+    tgt = target(schedule, x0, noise, t)
+    wide = torch.promote_types(torch.promote_types(output.dtype, tgt.dtype), torch.float32)
+    diff = output.to(wide) - tgt.to(wide)
+    per_elem = diff.square() if loss_type == "l2" else diff.abs()
+    loss = per_elem.reshape(batch, -1).mean(dim=1)
+    return loss, {"t": t, "noise": noise, "x_t": x_t, "output": output, "target": tgt}

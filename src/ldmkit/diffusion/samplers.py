@@ -1,0 +1,154 @@
+"""Reverse-process samplers sharing one signature.
+
+    sample_xxx(denoise_fn, x_T, schedule, *, steps=None, generator=None, callback=None, **options) -> x_0
+
+``denoise_fn(x_t, t)`` returns the raw model output (eps, x0 or v per ``schedule.parameterization``)
+for a LongTensor ``t`` of shape (B,); ``callback(step_index, t, x, x0_pred)`` runs after each step.
+``generator`` is None, a ``torch.Generator`` or one generator per sample (see :mod:`.noise`).
+Step coefficients are computed in float64 on the schedule, then cast to ``x``'s dtype.
+"""
+from __future__ import annotations
+
+from typing import Callable, Literal, Optional
+
+import numpy as np
+import torch
+from torch import Tensor
+
+from ldmkit.config import ConfigError
+from ldmkit.diffusion import noise as noise_lib
+from ldmkit.diffusion.parameterization import model_output_to_eps_x0, q_posterior
+from ldmkit.diffusion.schedule import Schedule
+
+DenoiseFn = Callable[[Tensor, Tensor], Tensor]
+Callback = Optional[Callable[[int, int, Tensor, Tensor], None]]
+Discretization = Literal["uniform", "quad"]
+
+
+def _full_t(t: int, x: Tensor) -> Tensor:
+    return torch.full((x.shape[0],), int(t), dtype=torch.long, device=x.device)
+
+
+def _coef(value: Tensor, x: Tensor) -> Tensor:
+    """A float64 scalar coefficient cast to x's dtype and device."""
+    return value.to(x.dtype).to(x.device)
+
+
+def sample_ddpm(denoise_fn: DenoiseFn, x_T: Tensor, schedule: Schedule, *, steps: int | None = None,
+                generator: noise_lib.Generators = None, callback: Callback = None,
+                clip_denoised: bool = False) -> Tensor:
+    """Ancestral sampling over all T steps (Ho et al. 2020, Algorithm 2, with the x_0-form of eq. 11).
+
+    ``steps`` must be None or T. ``clip_denoised`` clamps the predicted x_0 to [-1, 1] (pixel space;
+    off by default, as for latents).
+    """
+    if steps is not None and steps != schedule.timesteps:
+        raise ConfigError(f"steps: DDPM sampling runs all {schedule.timesteps} steps, got steps={steps}")
+    x = x_T
+    for step_index, t in enumerate(range(schedule.timesteps - 1, -1, -1)):
+        # 1. Predict eps and x_0 from the model output at (x_t, t).
+        tt = _full_t(t, x)
+        _, x0 = model_output_to_eps_x0(schedule, denoise_fn(x, tt), x, tt)
+        if clip_denoised:
+            x0 = x0.clamp(-1.0, 1.0)
+        # 2. Posterior q(x_{t-1} | x_t, x_0) at the predicted x_0 (DDPM eqs. 6-7).
+        mean, _, log_var = q_posterior(schedule, x0, x, tt)
+        # 3. x_{t-1} = mean + sigma_t z, with no noise at t = 0.
+        if t > 0:
+            z = noise_lib.randn(x.shape, generator, device=x.device, dtype=x.dtype)
+            x = mean + (0.5 * log_var).exp() * z
+        else:
+            x = mean
+        if callback is not None:
+            callback(step_index, t, x, x0)
+    return x
+
+
+def ddim_timesteps(timesteps: int, steps: int, discretization: Discretization = "uniform") -> np.ndarray:
+    """The DDIM sub-sequence of training timesteps, as the original ``make_ddim_timesteps``.
+
+    uniform: arange(0, T, T // steps) + 1 (e.g. T=1000, steps=50 gives 1, 21, ..., 981; when
+    T // steps does not divide T this yields more than ``steps`` timesteps, as in the original);
+    quad: int(linspace(0, sqrt(0.8 T), steps)^2) + 1. Combinations whose "+1" shift reaches T
+    (e.g. steps > T/2 for uniform) are rejected rather than indexing past the schedule.
+    """
+    if not 1 <= steps <= timesteps:
+        raise ConfigError(f"steps: must be in [1, {timesteps}] (the number of training timesteps), got {steps}")
+    if discretization == "uniform":
+        ts = np.arange(0, timesteps, timesteps // steps) + 1
+    elif discretization == "quad":
+        ts = (np.linspace(0, np.sqrt(timesteps * 0.8), steps) ** 2).astype(int) + 1
+    else:
+        raise ConfigError(f"discretization: expected uniform or quad, got {discretization!r}")
+    if ts[-1] >= timesteps:
+        raise ConfigError(f"steps: {steps} {discretization} DDIM steps over T={timesteps} put the last timestep at "
+                          f"{ts[-1]} after the original's +1 shift (valid: 0..{timesteps - 1}); choose fewer steps")
+    return ts.astype(np.int64)
+
+
+def _ddim_alphas(schedule: Schedule, ts: np.ndarray) -> tuple[Tensor, Tensor]:
+    """(abar at each DDIM timestep, abar of the previous one); the first step's previous is abar[0]."""
+    abar = schedule.alphas_cumprod
+    idx = torch.from_numpy(ts)
+    return abar[idx], torch.cat([abar[:1], abar[idx[:-1]]])
+
+
+def sample_ddim(denoise_fn: DenoiseFn, x_T: Tensor, schedule: Schedule, *, steps: int | None = 50,
+                generator: noise_lib.Generators = None, callback: Callback = None,
+                eta: float = 0.0, discretization: Discretization = "uniform") -> Tensor:
+    """DDIM sampling (Song et al. 2021, eq. 12) on the sub-sequence :func:`ddim_timesteps`.
+
+    x_prev = sqrt(a_prev) x0_pred + sqrt(1 - a_prev - sigma^2) eps + sigma z, with
+    sigma = eta sqrt((1 - a_prev) / (1 - a) (1 - a / a_prev)) (eq. 16). eta = 0 is deterministic
+    and draws no noise; eta = 1 matches DDPM's posterior variance.
+    """
+    ts = ddim_timesteps(schedule.timesteps, 50 if steps is None else steps, discretization)
+    a, a_prev = _ddim_alphas(schedule, ts)
+    sigma = eta * ((1 - a_prev) / (1 - a) * (1 - a / a_prev)).sqrt()
+    dir_coef = (1 - a_prev - sigma**2).sqrt()
+    x = x_T
+    for step_index, i in enumerate(range(len(ts) - 1, -1, -1)):
+        # 1. Model output at the DDIM timestep, converted to (eps, x0_pred) (eq. 12, first term).
+        tt = _full_t(ts[i], x)
+        eps, x0 = model_output_to_eps_x0(schedule, denoise_fn(x, tt), x, tt)
+        # 2. Deterministic part: predicted x_0 and the direction pointing to x_t.
+        x = _coef(a_prev[i].sqrt(), x) * x0 + _coef(dir_coef[i], x) * eps
+        # 3. Random part sigma_t z (skipped when sigma_t = 0, e.g. eta = 0).
+        if sigma[i] > 0:
+            x = x + _coef(sigma[i], x) * noise_lib.randn(x.shape, generator, device=x.device, dtype=x.dtype)
+        if callback is not None:
+            callback(step_index, int(ts[i]), x, x0)
+    return x
+
+
+def ddim_invert(denoise_fn: DenoiseFn, x0: Tensor, schedule: Schedule, *, steps: int = 50,
+                discretization: Discretization = "uniform", callback: Callback = None) -> Tensor:
+    """Deterministic DDIM inversion x_0 -> x_T: eq. 12 with eta = 0 run upward on the same timesteps.
+
+    As in Stable Diffusion's ``DDIMSampler.encode``, step i moves x from level a_prev[i] to a[i]
+    using the model evaluated at (x, ts[i]); x0_pred uses the current level a_prev[i].
+    """
+    ts = ddim_timesteps(schedule.timesteps, steps, discretization)
+    a, a_prev = _ddim_alphas(schedule, ts)
+    x = x0
+    for i in range(len(ts)):
+        # 1. eps at the current x and the target timestep.
+        tt = _full_t(ts[i], x)
+        eps, _ = model_output_to_eps_x0(schedule, denoise_fn(x, tt), x, tt)
+        # 2. x0_pred from the current level a_prev[i].
+        x0_pred = (x - _coef((1 - a_prev[i]).sqrt(), x) * eps) / _coef(a_prev[i].sqrt(), x)
+        # 3. Move to level a[i] along the same eps.
+        x = _coef(a[i].sqrt(), x) * x0_pred + _coef((1 - a[i]).sqrt(), x) * eps
+        if callback is not None:
+            callback(i, int(ts[i]), x, x0_pred)
+    return x
+
+
+SAMPLERS: dict[str, Callable[..., Tensor]] = {"ddpm": sample_ddpm, "ddim": sample_ddim}
+
+
+def get_sampler(name: str) -> Callable[..., Tensor]:
+    """The sampler registered under ``name`` (a ConfigError lists the known names)."""
+    if name not in SAMPLERS:
+        raise ConfigError(f"sampler: unknown {name!r} (known: {', '.join(sorted(SAMPLERS))})")
+    return SAMPLERS[name]

@@ -1,0 +1,139 @@
+"""Attention layers of the UNet: the ADM ``AttentionBlock`` and the LDM ``SpatialTransformer``.
+
+All attention goes through ``F.scaled_dot_product_attention`` (softmax(QK^T / sqrt(d)) V), which picks a
+fused kernel where one exists. Names follow the original modules so their checkpoints load 1:1.
+"""
+from __future__ import annotations
+
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from ldmkit.nn.blocks import normalization
+
+
+class AttentionBlock(nn.Module):
+    """Multi-head self-attention over all positions of a feature map (used when there is no SpatialTransformer).
+
+    ``qkv`` and ``proj_out`` are 1x1 Conv1d layers (3-D weights) as in the original. Its default, "legacy"
+    channel layout groups the 3C qkv channels per head, [q_0, k_0, v_0, q_1, k_1, v_1, ...], not [q, k, v]
+    blocks; the reshape in ``forward`` follows that layout so pretrained qkv weights mean the same thing.
+    """
+
+    def __init__(self, channels: int, num_heads: int):
+        super().__init__()
+        self.num_heads = num_heads
+        self.norm = normalization(channels)
+        self.qkv = nn.Conv1d(channels, 3 * channels, 1)
+        self.proj_out = nn.Conv1d(channels, channels, 1)  # zero-initialised by UNetModel._init_weights
+
+    def forward(self, x: Tensor) -> Tensor:
+        b, c, *spatial = x.shape
+        x_flat = x.reshape(b, c, -1)  # (B, C, T)
+        qkv = self.qkv(self.norm(x_flat))  # (B, 3C, T)
+        d = c // self.num_heads
+        qkv = qkv.reshape(b, self.num_heads, 3 * d, -1).transpose(-1, -2)  # (B, heads, T, 3d): per-head [q|k|v]
+        q, k, v = qkv.chunk(3, dim=-1)  # each (B, heads, T, d)
+        # The original scales q and k by d^-1/4 each; SDPA's default scale d^-1/2 is the same product.
+        h = F.scaled_dot_product_attention(q, k, v)  # (B, heads, T, d)
+        h = h.transpose(-1, -2).reshape(b, c, -1)  # (B, C, T)
+        return (x_flat + self.proj_out(h)).reshape(b, c, *spatial)  # (B, C, H, W)
+
+
+class CrossAttention(nn.Module):
+    """Multi-head attention from tokens ``x`` to ``context`` (to itself when context is None).
+
+    ``to_q``/``to_k``/``to_v`` carry no bias, as in the original; keys and values read ``context_dim``
+    features (``query_dim`` when None). ``to_out`` is [Linear, Dropout] to keep the ``to_out.0`` key.
+    """
+
+    def __init__(self, query_dim: int, context_dim: int | None = None, heads: int = 8, dim_head: int = 64, dropout: float = 0.0):
+        super().__init__()
+        inner = heads * dim_head
+        context_dim = context_dim or query_dim
+        self.heads = heads
+        self.to_q = nn.Linear(query_dim, inner, bias=False)
+        self.to_k = nn.Linear(context_dim, inner, bias=False)
+        self.to_v = nn.Linear(context_dim, inner, bias=False)
+        self.to_out = nn.Sequential(nn.Linear(inner, query_dim), nn.Dropout(dropout))
+
+    def _split_heads(self, x: Tensor) -> Tensor:
+        b, n, _ = x.shape
+        return x.reshape(b, n, self.heads, -1).transpose(1, 2)  # (B, heads, N, d)
+
+    def forward(self, x: Tensor, context: Tensor | None = None) -> Tensor:
+        context = x if context is None else context  # (B, M, context_dim)
+        q = self._split_heads(self.to_q(x))  # (B, heads, N, d)
+        k = self._split_heads(self.to_k(context))  # (B, heads, M, d)
+        v = self._split_heads(self.to_v(context))  # (B, heads, M, d)
+        out = F.scaled_dot_product_attention(q, k, v)  # (B, heads, N, d)
+        out = out.transpose(1, 2).flatten(2)  # (B, N, inner)
+        return self.to_out(out)  # (B, N, query_dim)
+
+
+class GEGLU(nn.Module):
+    """Gated GELU: one Linear produces [value | gate]; output = value * gelu(gate)."""
+
+    def __init__(self, dim_in: int, dim_out: int):
+        super().__init__()
+        self.proj = nn.Linear(dim_in, 2 * dim_out)
+
+    def forward(self, x: Tensor) -> Tensor:
+        value, gate = self.proj(x).chunk(2, dim=-1)  # each (..., dim_out)
+        return value * F.gelu(gate)
+
+
+class FeedForward(nn.Module):
+    """GEGLU MLP with hidden width ``mult * dim``; keys ``net.0.proj`` and ``net.2``."""
+
+    def __init__(self, dim: int, mult: int = 4, dropout: float = 0.0):
+        super().__init__()
+        self.net = nn.Sequential(GEGLU(dim, mult * dim), nn.Dropout(dropout), nn.Linear(mult * dim, dim))
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.net(x)
+
+
+class BasicTransformerBlock(nn.Module):
+    """Pre-LayerNorm block: self-attention, cross-attention to ``context``, GEGLU feed-forward."""
+
+    def __init__(self, dim: int, heads: int, dim_head: int, context_dim: int | None = None, dropout: float = 0.0):
+        super().__init__()
+        # Construction order follows the original (attn1, ff, attn2, norms) so state_dict order matches too.
+        self.attn1 = CrossAttention(dim, None, heads, dim_head, dropout)
+        self.ff = FeedForward(dim, dropout=dropout)
+        self.attn2 = CrossAttention(dim, context_dim, heads, dim_head, dropout)
+        self.norm1 = nn.LayerNorm(dim)
+        self.norm2 = nn.LayerNorm(dim)
+        self.norm3 = nn.LayerNorm(dim)
+
+    def forward(self, x: Tensor, context: Tensor | None = None) -> Tensor:
+        x = self.attn1(self.norm1(x)) + x  # (B, N, dim)
+        x = self.attn2(self.norm2(x), context) + x  # (B, N, dim); self-attention again when context is None
+        return self.ff(self.norm3(x)) + x  # (B, N, dim)
+
+
+class SpatialTransformer(nn.Module):
+    """Transformer over the H*W positions of a feature map, with cross-attention to ``context``.
+
+    GroupNorm (eps 1e-6, unlike the UNet's 1e-5), 1x1 conv ``proj_in`` to ``heads * dim_head`` channels,
+    ``depth`` BasicTransformerBlocks on the (B, H*W, inner) tokens, 1x1 conv ``proj_out`` back, residual.
+    """
+
+    def __init__(self, channels: int, heads: int, dim_head: int, depth: int = 1, context_dim: int | None = None, dropout: float = 0.0):
+        super().__init__()
+        inner = heads * dim_head
+        self.norm = normalization(channels, eps=1e-6)
+        self.proj_in = nn.Conv2d(channels, inner, 1)
+        self.transformer_blocks = nn.ModuleList(
+            BasicTransformerBlock(inner, heads, dim_head, context_dim, dropout) for _ in range(depth)
+        )
+        self.proj_out = nn.Conv2d(inner, channels, 1)  # zero-initialised by UNetModel._init_weights
+
+    def forward(self, x: Tensor, context: Tensor | None = None) -> Tensor:
+        b, _, h, w = x.shape
+        z = self.proj_in(self.norm(x))  # (B, inner, H, W)
+        z = z.flatten(2).transpose(1, 2)  # (B, H*W, inner), row-major positions as the original
+        for block in self.transformer_blocks:
+            z = block(z, context)  # (B, H*W, inner)
+        z = z.transpose(1, 2).reshape(b, -1, h, w)  # (B, inner, H, W)
+        return x + self.proj_out(z)  # (B, C, H, W)

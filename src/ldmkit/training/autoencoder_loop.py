@@ -1,0 +1,152 @@
+"""First-stage training: reconstruction + regulariser + (gated) PatchGAN, two Adam optimisers."""
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+
+from ..autoencoder import Autoencoder, AutoencoderConfig, AutoencoderLoss, AutoencoderLossConfig
+from ..config import require, save_config, to_dict
+from ..data import DataConfig, build_dataset
+from ..device import resolve_device
+from ..imageio import save_grid
+from ..weights import save_release
+from .checkpoint import load_checkpoint, rng_state, save_checkpoint, set_rng_state
+from .config import TrainConfig, lr_factor
+from .logger import RunLogger
+from .stream import BatchStream
+
+
+@dataclass
+class AutoencoderRunConfig:
+    data: DataConfig = field(default_factory=lambda: DataConfig(name="fashion_mnist", channels=1))
+    model: AutoencoderConfig = field(default_factory=lambda: AutoencoderConfig(in_channels=1))
+    loss: AutoencoderLossConfig = field(default_factory=AutoencoderLossConfig)
+    train: TrainConfig = field(default_factory=lambda: TrainConfig(lr=4.5e-4, out_dir="runs/autoencoder"))
+    scale_samples: int = 2048       # images encoded to estimate the latent scale_factor
+
+    def __post_init__(self) -> None:
+        require(self.model.resolution == self.data.image_size, "model.resolution",
+                f"must equal data.image_size ({self.data.image_size}), got {self.model.resolution}")
+        require(self.model.in_channels == self.data.channels, "model.in_channels",
+                f"must equal data.channels ({self.data.channels}), got {self.model.in_channels}")
+
+
+@torch.no_grad()
+def estimate_scale_factor(model: Autoencoder, images: torch.Tensor, batch_size: int = 256,
+                          seed: int = 0) -> float:
+    """1 / std of the latents the diffusion model will see (posterior samples for KL).
+
+    The original estimates it on one batch; more images give a steadier figure.
+    """
+    g = torch.Generator(device=images.device).manual_seed(seed)
+    zs = [model.encode_latents(images[i:i + batch_size], sample=True, generator=g)
+          for i in range(0, len(images), batch_size)]
+    return float(1.0 / torch.cat(zs).float().std())
+
+
+def _first_images(dataset, n: int) -> torch.Tensor:
+    if hasattr(dataset, "images_tensor"):
+        return dataset.images_tensor()[:n]
+    return torch.stack([dataset[i]["image"] for i in range(min(n, len(dataset)))])
+
+
+def release_autoencoder(path: Path, model: Autoencoder, cfg: AutoencoderConfig, scale_factor: float,
+                        extra: dict | None = None) -> None:
+    save_release(path, model.state_dict(), {"kind": "autoencoder", "config": to_dict(cfg),
+                                            "scale_factor": scale_factor, **(extra or {})})
+
+
+def train_autoencoder(cfg: AutoencoderRunConfig, resume: bool = True) -> Path:
+    """Train, checkpoint (atomic, resumable), and write ``autoencoder.safetensors``; returns its path."""
+    tc = cfg.train
+    out = Path(tc.out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    save_config(cfg, out / "config.yaml")
+    if tc.num_threads:
+        torch.set_num_threads(tc.num_threads)
+    device = resolve_device(tc.device)
+    torch.manual_seed(tc.seed)
+
+    train_set, test_set = build_dataset(cfg.data, "train"), build_dataset(cfg.data, "test")
+    model = Autoencoder(cfg.model).to(device)
+    loss_fn = AutoencoderLoss(cfg.loss, cfg.model.kind, cfg.model.in_channels).to(device)
+    opt_ae = torch.optim.Adam(model.parameters(), lr=tc.lr, betas=(0.5, 0.9))
+    opt_d = torch.optim.Adam(loss_fn.discriminator.parameters(), lr=tc.lr, betas=(0.5, 0.9))
+    stream = BatchStream(train_set, tc.batch_size, tc.seed, tc.num_workers)
+    gen = torch.Generator(device=device).manual_seed(tc.seed)  # posterior sampling
+
+    step, ckpt_path = 0, out / "checkpoint.pt"
+    if resume and ckpt_path.exists():
+        state = load_checkpoint(ckpt_path, map_location=device)
+        model.load_state_dict(state["model"])
+        loss_fn.load_state_dict(state["loss"])
+        opt_ae.load_state_dict(state["opt_ae"])
+        opt_d.load_state_dict(state["opt_d"])
+        stream.load_state_dict(state["stream"])
+        gen.set_state(state["generator"].to("cpu") if device.type == "cpu" else state["generator"])
+        set_rng_state(state["rng"])
+        step = int(state["step"])
+
+    def checkpoint() -> None:
+        save_checkpoint(ckpt_path, {"model": model.state_dict(), "loss": loss_fn.state_dict(),
+                                    "opt_ae": opt_ae.state_dict(), "opt_d": opt_d.state_dict(),
+                                    "stream": stream.state_dict(), "generator": gen.get_state(),
+                                    "rng": rng_state(), "step": step, "config": to_dict(cfg)})
+
+    fixed = _first_images(test_set, 16).to(device)
+    log = RunLogger(out, tc.steps, step)
+    t_start = time.perf_counter()
+    model.train()
+    for batch in stream:
+        if step >= tc.steps:
+            break
+        lr = tc.lr * lr_factor(step, tc)
+        for opt in (opt_ae, opt_d):
+            for group in opt.param_groups:
+                group["lr"] = lr
+        x = batch["image"].to(device, non_blocking=True)  # (B, C, H, W)
+        xrec, reg_loss, info = model(x, sample_posterior=True, generator=gen)
+        loss, values = loss_fn.generator_loss(x, xrec, reg_loss, model.last_layer, step)
+        opt_ae.zero_grad(set_to_none=True)
+        loss.backward()
+        if tc.grad_clip:
+            torch.nn.utils.clip_grad_norm_(model.parameters(), tc.grad_clip)
+        opt_ae.step()
+        if step >= cfg.loss.disc_start:  # the discriminator is idle (and free) before disc_start
+            d_loss, d_values = loss_fn.discriminator_loss(x, xrec.detach(), step)
+            opt_d.zero_grad(set_to_none=True)
+            d_loss.backward()
+            opt_d.step()
+            values.update(d_values)
+        step += 1
+        log.step()
+        if step % tc.log_every == 0 or step == tc.steps:
+            values.update({k: float(v) for k, v in info.items() if k in ("perplexity", "usage")})
+            log.log(step, {k: float(v) for k, v in values.items()} | {"lr": lr}, tc.batch_size)
+        if step % tc.sample_every == 0:
+            _save_reconstructions(model, fixed, out / "samples" / f"recon_{step:07d}.png")
+        if step % tc.ckpt_every == 0:
+            checkpoint()
+        if tc.max_minutes and time.perf_counter() - t_start > tc.max_minutes * 60:
+            log.write(f"time budget of {tc.max_minutes} min spent at step {step}")
+            break
+    log.close()
+    checkpoint()
+    model.eval()
+    _save_reconstructions(model, fixed, out / "samples" / "recon_final.png")
+    scale = estimate_scale_factor(model, _first_images(train_set, cfg.scale_samples).to(device), seed=tc.seed)
+    release = out / "autoencoder.safetensors"
+    release_autoencoder(release, model, cfg.model, scale, {"train_steps": step, "data": to_dict(cfg.data)})
+    return release
+
+
+@torch.no_grad()
+def _save_reconstructions(model: Autoencoder, x: torch.Tensor, path: Path) -> None:
+    was_training = model.training
+    model.eval()
+    xrec = model.decode(model.encode_latents(x, sample=False))
+    save_grid(torch.cat([x, xrec]).cpu(), path, nrow=len(x))
+    model.train(was_training)

@@ -1,0 +1,194 @@
+"""Latent diffusion training over a frozen first stage: encode, noise, denoise, AdamW, EMA."""
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Literal
+
+import torch
+from torch import nn
+
+from ..autoencoder import load_autoencoder
+from ..config import ConfigError, require, save_config, to_dict
+from ..data import DataConfig, build_dataset
+from ..device import resolve_device
+from ..diffusion import ScheduleConfig, diffusion_loss
+from ..imageio import save_grid
+from ..nn import ConditionerConfig, UNetConfig
+from ..pipeline import Pipeline, PipelineConfig
+from .checkpoint import load_checkpoint, rng_state, save_checkpoint, set_rng_state
+from .config import TrainConfig, lr_factor
+from .ema import EMA
+from .logger import RunLogger
+from .stream import BatchStream
+
+
+@dataclass
+class LDMTrainConfig(TrainConfig):
+    ema_decay: float = 0.9999
+    p_uncond: float = 0.1               # condition dropout, so one model also predicts unconditionally (CFG)
+    loss_type: Literal["l2", "l1"] = "l2"
+    cache_latents: bool = True          # encode an in-memory data set once instead of every step
+    sample_steps: int = 50
+    guidance_scale: float = 3.0
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        require(0.0 <= self.p_uncond < 1.0, "p_uncond", f"must be in [0, 1), got {self.p_uncond}")
+        require(0.0 < self.ema_decay < 1.0, "ema_decay", f"must be in (0, 1), got {self.ema_decay}")
+
+
+@dataclass
+class LDMRunConfig:
+    data: DataConfig = field(default_factory=lambda: DataConfig(name="fashion_mnist", channels=1))
+    first_stage: str = ""               # path to an autoencoder.safetensors release
+    unet: UNetConfig = field(default_factory=UNetConfig)
+    conditioner: ConditionerConfig = field(default_factory=ConditionerConfig)
+    diffusion: ScheduleConfig = field(default_factory=ScheduleConfig)
+    train: LDMTrainConfig = field(default_factory=lambda: LDMTrainConfig(out_dir="runs/ldm"))
+
+    def __post_init__(self) -> None:
+        require(bool(self.first_stage), "first_stage", "path to an autoencoder.safetensors is required")
+        if self.conditioner.kind != "none":
+            require(self.unet.context_dim == self.conditioner.embed_dim, "unet.context_dim",
+                    f"must equal conditioner.embed_dim ({self.conditioner.embed_dim}), got {self.unet.context_dim}")
+
+
+def _check_first_stage(cfg: LDMRunConfig) -> Path:
+    path = Path(cfg.first_stage)
+    if not path.is_file():
+        raise ConfigError(f"first_stage: {path} not found (train one with `ldmkit train-autoencoder`)")
+    return path
+
+
+def build_pipeline(cfg: LDMRunConfig, class_names: list[str]) -> Pipeline:
+    ae, ae_cfg, scale = load_autoencoder(_check_first_stage(cfg))
+    require(ae_cfg.embed_dim == cfg.unet.in_channels, "unet.in_channels",
+            f"must equal the first stage's latent channels ({ae_cfg.embed_dim}), got {cfg.unet.in_channels}")
+    require(ae_cfg.resolution == cfg.data.image_size, "data.image_size",
+            f"must equal the first stage's resolution ({ae_cfg.resolution}), got {cfg.data.image_size}")
+    pcfg = PipelineConfig(ae_cfg, cfg.unet, cfg.conditioner, cfg.diffusion, scale, class_names)
+    return Pipeline(pcfg, autoencoder=ae)
+
+
+class _LatentSource:
+    """Batches of scaled latents: from an in-memory cache of posterior moments, or encoded on the fly."""
+
+    def __init__(self, pipe: Pipeline, dataset, cache: bool, device: torch.device):
+        self.pipe, self.device, self.moments = pipe, device, None
+        if cache and hasattr(dataset, "images_tensor"):
+            images = dataset.images_tensor()
+            with torch.no_grad():
+                parts = [pipe.autoencoder.encode_moments(images[i:i + 512].to(device)) for i in range(0, len(images), 512)]
+            self.moments = (torch.cat([p[0] for p in parts]), torch.cat([p[1] for p in parts]))
+
+    def latents(self, batch: dict, gen: torch.Generator) -> torch.Tensor:
+        if self.moments is not None and "index" in batch:
+            mean, std = (m[batch["index"].to(m.device)] for m in self.moments)
+        else:
+            with torch.no_grad():
+                mean, std = self.pipe.autoencoder.encode_moments(batch["image"].to(self.device))
+        # posterior.sample(), as the original encodes training data
+        z = mean + std * torch.randn(mean.shape, generator=gen, device=gen.device).to(mean.device)
+        return z * self.pipe.cfg.scale_factor
+
+
+def train_ldm(cfg: LDMRunConfig, resume: bool = True) -> Path:
+    """Train the denoiser; writes checkpoints and ``pipeline.safetensors`` (EMA weights); returns its path."""
+    tc = cfg.train
+    _check_first_stage(cfg)
+    out = Path(tc.out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    save_config(cfg, out / "config.yaml")
+    if tc.num_threads:
+        torch.set_num_threads(tc.num_threads)
+    device = resolve_device(tc.device)
+    torch.manual_seed(tc.seed)
+
+    dataset = build_dataset(cfg.data, "train")
+    pipe = build_pipeline(cfg, list(getattr(dataset, "class_names", [])))
+    if cfg.conditioner.kind == "class" and cfg.conditioner.num_classes != dataset.num_classes:
+        raise ConfigError(f"conditioner.num_classes: {cfg.conditioner.num_classes} but the data set has "
+                          f"{dataset.num_classes} classes")
+    pipe.to(device)
+    denoiser = nn.ModuleDict({"unet": pipe.unet} | ({"conditioner": pipe.conditioner} if pipe.conditioner else {}))
+    opt = torch.optim.AdamW(denoiser.parameters(), lr=tc.lr, weight_decay=tc.weight_decay)
+    ema = EMA(denoiser, tc.ema_decay)
+    stream = BatchStream(dataset, tc.batch_size, tc.seed, tc.num_workers)
+    source = _LatentSource(pipe, dataset, tc.cache_latents, device)
+    gen = torch.Generator(device=device).manual_seed(tc.seed + 1)
+
+    step, ckpt_path = 0, out / "checkpoint.pt"
+    if resume and ckpt_path.exists():
+        state = load_checkpoint(ckpt_path, map_location=device)
+        denoiser.load_state_dict(state["model"])
+        ema.load_state_dict(state["ema"])
+        opt.load_state_dict(state["opt"])
+        stream.load_state_dict(state["stream"])
+        gen.set_state(state["generator"].cpu() if device.type == "cpu" else state["generator"])
+        set_rng_state(state["rng"])
+        step = int(state["step"])
+
+    def checkpoint() -> None:
+        save_checkpoint(ckpt_path, {"model": denoiser.state_dict(), "ema": ema.state_dict(), "opt": opt.state_dict(),
+                                    "stream": stream.state_dict(), "generator": gen.get_state(),
+                                    "rng": rng_state(), "step": step, "config": to_dict(cfg)})
+
+    log = RunLogger(out, tc.steps, step)
+    t_start = time.perf_counter()
+    denoiser.train()
+    for batch in stream:
+        if step >= tc.steps:
+            break
+        lr = tc.lr * lr_factor(step, tc)
+        for group in opt.param_groups:
+            group["lr"] = lr
+        z0 = source.latents(batch, gen)  # (B, c, h, w)
+        cond = None
+        if pipe.conditioner is not None:
+            labels = pipe.conditioner.drop(batch["label"].to(device), tc.p_uncond, generator=gen)
+            cond = pipe.condition(labels)
+        loss_per, _ = diffusion_loss(pipe.schedule, lambda x, t: pipe.model_fn(x, t, cond), z0,
+                                     generator=gen, loss_type=tc.loss_type)
+        loss = loss_per.mean()
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        if tc.grad_clip:
+            torch.nn.utils.clip_grad_norm_(denoiser.parameters(), tc.grad_clip)
+        opt.step()
+        ema.update(denoiser)
+        step += 1
+        log.step()
+        if step % tc.log_every == 0 or step == tc.steps:
+            log.log(step, {"loss": float(loss), "lr": lr}, tc.batch_size)
+        if step % tc.sample_every == 0:
+            _save_samples(pipe, ema.model, tc, out / "samples" / f"samples_{step:07d}.png")
+        if step % tc.ckpt_every == 0:
+            checkpoint()
+        if tc.max_minutes and time.perf_counter() - t_start > tc.max_minutes * 60:
+            log.write(f"time budget of {tc.max_minutes} min spent at step {step}")
+            break
+    log.close()
+    checkpoint()
+    release = out / "pipeline.safetensors"
+    ema_pipe = Pipeline(pipe.cfg, autoencoder=pipe.autoencoder, unet=ema.model["unet"],
+                        conditioner=ema.model["conditioner"] if "conditioner" in ema.model else None)
+    ema_pipe.save(release, {"train_steps": step, "data": to_dict(cfg.data)})
+    _save_samples(pipe, ema.model, tc, out / "samples" / "samples_final.png")
+    return release
+
+
+@torch.no_grad()
+def _save_samples(pipe: Pipeline, ema_model: nn.ModuleDict, tc: LDMTrainConfig, path: Path) -> None:
+    """A grid from the EMA weights: one row per class (up to 10) for class-conditional models."""
+    view = Pipeline(pipe.cfg, autoencoder=pipe.autoencoder, unet=ema_model["unet"],
+                    conditioner=ema_model["conditioner"] if "conditioner" in ema_model else None)
+    if view.conditioner is not None:
+        k = min(10, pipe.cfg.conditioner.num_classes)
+        labels = [c for c in range(k) for _ in range(8)]
+        images = view(class_labels=labels, num_inference_steps=tc.sample_steps, guidance_scale=tc.guidance_scale,
+                      seeds=list(range(len(labels))), output_type="pt")
+    else:
+        images = view(num_images=16, num_inference_steps=tc.sample_steps, seeds=list(range(16)), output_type="pt")
+    save_grid(images, path, nrow=8)

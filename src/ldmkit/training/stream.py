@@ -1,0 +1,61 @@
+"""A resumable stream of training batches with a deterministic order.
+
+Epoch e visits the data set in ``randperm(n, seed + e)`` order, so the position
+(epoch, index) is all a checkpoint needs to continue exactly where it stopped.
+"""
+from __future__ import annotations
+
+from typing import Any, Iterator
+
+import torch
+from torch.utils.data import DataLoader, Dataset
+
+from ..data import collate
+
+
+class BatchStream:
+    def __init__(self, dataset: Dataset, batch_size: int, seed: int, num_workers: int = 0,
+                 rank: int = 0, world_size: int = 1):
+        self.dataset = dataset
+        self.batch_size = batch_size
+        self.seed = seed
+        self.num_workers = num_workers
+        self.rank, self.world_size = rank, world_size
+        self.epoch, self.index = 0, 0
+        n = len(dataset)  # type: ignore[arg-type]
+        if n < batch_size * world_size:
+            raise ValueError(f"data set has {n} images, fewer than one global batch ({batch_size * world_size})")
+        # In-memory data sets hand over whole tensors: no per-item Python work in the hot loop.
+        self._tensors = None
+        if hasattr(dataset, "images_tensor"):
+            self._tensors = {"image": dataset.images_tensor()}
+            if getattr(dataset, "num_classes", 0):
+                self._tensors["label"] = dataset.labels_tensor()
+
+    def state_dict(self) -> dict[str, int]:
+        return {"epoch": self.epoch, "index": self.index}
+
+    def load_state_dict(self, state: dict[str, int]) -> None:
+        self.epoch, self.index = int(state["epoch"]), int(state["index"])
+
+    def _order(self) -> torch.Tensor:
+        g = torch.Generator().manual_seed(self.seed + self.epoch)
+        return torch.randperm(len(self.dataset), generator=g)  # type: ignore[arg-type]
+
+    def _batches(self, order: torch.Tensor) -> list[list[int]]:
+        gb, lo, hi = self.batch_size * self.world_size, self.rank * self.batch_size, (self.rank + 1) * self.batch_size
+        return [order[i:i + gb][lo:hi].tolist() for i in range(self.index, len(order) - gb + 1, gb)]
+
+    def __iter__(self) -> Iterator[dict[str, Any]]:
+        gb = self.batch_size * self.world_size
+        while True:
+            batches = self._batches(self._order())
+            if self._tensors is not None:
+                it = ({k: v[idx] for k, v in self._tensors.items()} for idx in map(torch.tensor, batches))
+            else:  # one loader per epoch keeps its workers alive across batches
+                it = iter(DataLoader(self.dataset, batch_sampler=batches, num_workers=self.num_workers,
+                                     collate_fn=collate))
+            for idx, batch in zip(batches, it):
+                self.index += gb
+                yield batch | {"index": torch.tensor(idx)}  # lets callers look items up in caches
+            self.epoch, self.index = self.epoch + 1, 0

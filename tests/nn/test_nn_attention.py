@@ -1,0 +1,52 @@
+import math
+
+import torch
+
+from ldmkit.nn import AttentionBlock, CrossAttention, SpatialTransformer
+
+
+def naive_attention(q, k, v):
+    """softmax(Q K^T / sqrt(d)) V on (..., N, d) tensors."""
+    w = torch.softmax(q @ k.transpose(-1, -2) / math.sqrt(q.shape[-1]), dim=-1)
+    return w @ v
+
+
+def test_cross_attention_matches_naive():
+    torch.manual_seed(0)
+    attn = CrossAttention(query_dim=12, context_dim=7, heads=3, dim_head=4)
+    x, ctx = torch.randn(2, 5, 12), torch.randn(2, 6, 7)
+    split = lambda t: t.reshape(2, -1, 3, 4).transpose(1, 2)  # (B, heads, N, d)
+    out = naive_attention(split(attn.to_q(x)), split(attn.to_k(ctx)), split(attn.to_v(ctx)))
+    expected = attn.to_out(out.transpose(1, 2).reshape(2, 5, 12))
+    torch.testing.assert_close(attn(x, ctx), expected, atol=1e-5, rtol=1e-5)
+
+
+def test_cross_attention_without_context_is_self_attention():
+    torch.manual_seed(0)
+    attn = CrossAttention(query_dim=8, heads=2, dim_head=4)
+    x = torch.randn(2, 5, 8)
+    torch.testing.assert_close(attn(x), attn(x, x))
+
+
+def test_attention_block_matches_naive_legacy_head_layout():
+    torch.manual_seed(0)
+    c, heads = 8, 2
+    block = AttentionBlock(c, heads)
+    x = torch.randn(2, c, 3, 5)
+    qkv = block.qkv(block.norm(x.reshape(2, c, -1)))  # (B, 3C, T)
+    d = c // heads
+    # Legacy layout: per head, channels [q_h | k_h | v_h].
+    per_head = qkv.reshape(2, heads, 3 * d, -1)
+    q, k, v = (per_head[:, :, i * d:(i + 1) * d].transpose(-1, -2) for i in range(3))  # (B, heads, T, d)
+    h = naive_attention(q, k, v).transpose(-1, -2).reshape(2, c, -1)
+    expected = (x.reshape(2, c, -1) + block.proj_out(h)).reshape(x.shape)
+    torch.testing.assert_close(block(x), expected, atol=1e-5, rtol=1e-5)
+
+
+def test_spatial_transformer_shapes_and_norm_eps():
+    st = SpatialTransformer(16, heads=2, dim_head=4, depth=2, context_dim=6)
+    assert st.norm.eps == 1e-6 and st.proj_in.weight.shape == (8, 16, 1, 1)
+    assert st.transformer_blocks[1].attn2.to_k.weight.shape == (8, 6)
+    assert st.transformer_blocks[0].ff.net[0].proj.weight.shape == (64, 8)
+    out = st(torch.randn(2, 16, 3, 5), torch.randn(2, 4, 6))
+    assert out.shape == (2, 16, 3, 5)
