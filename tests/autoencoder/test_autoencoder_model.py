@@ -64,7 +64,8 @@ def test_vq_encode_latents_are_pre_quant_and_decode_quantizes():
 
 
 def test_state_dict_keys_follow_original_grammar():
-    cfg = tiny(kind="kl", ch_mult=(1, 2, 2), num_res_blocks=2, resolution=32, attn_resolutions=(16,), z_channels=4, embed_dim=4)
+    cfg = tiny(kind="kl", ch_mult=(1, 2, 2), num_res_blocks=2, resolution=32, attn_resolutions=(16,),
+               z_channels=4, embed_dim=4)
     sd = Autoencoder(cfg).state_dict()
     for key in ["encoder.conv_in.weight", "encoder.down.0.block.0.norm1.weight", "encoder.down.0.block.1.conv2.bias",
                 "encoder.down.1.block.0.nin_shortcut.weight", "encoder.down.1.attn.1.proj_out.weight",
@@ -72,10 +73,12 @@ def test_state_dict_keys_follow_original_grammar():
                 "encoder.mid.block_1.conv1.weight", "encoder.mid.block_2.norm2.bias", "encoder.norm_out.weight",
                 "encoder.conv_out.weight", "decoder.conv_in.weight", "decoder.mid.attn_1.v.weight",
                 "decoder.up.0.block.2.conv2.weight", "decoder.up.0.block.0.nin_shortcut.weight",
-                "decoder.up.1.attn.2.k.weight", "decoder.up.1.upsample.conv.weight", "decoder.up.2.upsample.conv.weight",
+                "decoder.up.1.attn.2.k.weight", "decoder.up.1.upsample.conv.weight",
+                "decoder.up.2.upsample.conv.weight",
                 "decoder.norm_out.bias", "decoder.conv_out.weight", "post_quant_conv.weight"]:
         assert key in sd, key
-    assert not any(k.startswith(("encoder.down.2.downsample", "decoder.up.0.upsample", "decoder.up.0.block.3")) for k in sd)
+    absent = ("encoder.down.2.downsample", "decoder.up.0.upsample", "decoder.up.0.block.3")
+    assert not any(k.startswith(absent) for k in sd)
     assert not any(k.startswith("encoder.down.0.attn") for k in sd)  # 32 px is not in attn_resolutions
     assert sd["encoder.mid.attn_1.q.weight"].shape == (16, 16, 1, 1)
     assert sd["quant_conv.weight"].shape == (8, 8, 1, 1)  # [2*embed_dim, 2*z_channels, 1, 1]

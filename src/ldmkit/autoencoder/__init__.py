@@ -3,13 +3,14 @@ from .config import AutoencoderConfig, AutoencoderLossConfig
 from .discriminator import NLayerDiscriminator
 from .losses import AutoencoderLoss, adaptive_weight, disc_factor
 from .lpips import LPIPS
-from .model import Autoencoder, Decoder, Encoder
+from .model import Autoencoder, Decoder, Encoder, load_autoencoder
 from .regularizers import DiagonalGaussian, KLRegularizer, VQRegularizer
 
 __all__ = [
     "AutoencoderConfig",
     "AutoencoderLossConfig",
     "Autoencoder",
+    "load_autoencoder",
     "Encoder",
     "Decoder",
     "DiagonalGaussian",

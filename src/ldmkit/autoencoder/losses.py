@@ -50,7 +50,8 @@ class AutoencoderLoss(nn.Module):
             if not cfg.lpips_path:
                 raise ConfigError(
                     f"loss.lpips_path: perceptual_weight={cfg.perceptual_weight} needs LPIPS weights; set "
-                    "`loss.lpips_path` to a VGG16+LPIPS state dict (or 'vgg16.pth,vgg.pth') or `loss.perceptual_weight=0`"
+                    "`loss.lpips_path` to a VGG16+LPIPS state dict (or 'vgg16.pth,vgg.pth') "
+                    "or `loss.perceptual_weight=0`"
                 )
             if in_channels not in (1, 3):
                 raise ConfigError(f"loss.perceptual_weight: LPIPS needs 1- or 3-channel images, got {in_channels}")

@@ -10,7 +10,6 @@ from collections import OrderedDict
 from pathlib import Path
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 # torchvision vgg16 ``features``: widths of the 13 convs, "M" = max-pool.
@@ -71,6 +70,14 @@ class VGG16Slices(nn.Module):
 
 def _unit_normalize(x: torch.Tensor, eps: float = 1e-10) -> torch.Tensor:
     return x / (x.pow(2).sum(dim=1, keepdim=True).sqrt() + eps)
+
+
+def _short(keys: list[str], n: int = 8) -> str:
+    """The first ``n`` keys for an error message, with a count of the rest."""
+    if not keys:
+        return "none"
+    more = f" ... (+{len(keys) - n})" if len(keys) > n else ""
+    return ", ".join(keys[:n]) + more
 
 
 def _load(path: str) -> dict[str, torch.Tensor]:
@@ -136,8 +143,8 @@ class LPIPS(nn.Module):
         missing = sorted(expected - set(sd) - optional)
         unexpected = sorted(set(sd) - expected)
         if missing or unexpected:
-            raise ValueError(f"LPIPS weights {path}: missing keys {missing[:8]}{'...' if len(missing) > 8 else ''}, "
-                             f"unexpected keys {unexpected[:8]}{'...' if len(unexpected) > 8 else ''} (expected {_EXPECTED})")
+            raise ValueError(f"LPIPS weights {path}: missing keys {_short(missing)}, "
+                             f"unexpected keys {_short(unexpected)} (expected {_EXPECTED})")
         model.load_state_dict(sd, strict=False)
         return model
 

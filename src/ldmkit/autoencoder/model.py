@@ -6,6 +6,7 @@ Module structure mirrors the original so ``state_dict`` keys match it exactly, e
 """
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -154,15 +155,45 @@ class Autoencoder(nn.Module):
         posterior = DiagonalGaussian(h)
         return posterior.sample(generator) if sample else posterior.mode()  # (B, e, R/f, R/f)
 
+    def encode_moments(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """(mean, std) of q(z|x); VQ latents are deterministic (std 0). Lets callers cache the
+        encoding of a data set once and still draw a fresh posterior sample every step."""
+        h = self.encode(x)
+        if self.is_vq:
+            return h, torch.zeros_like(h)
+        posterior = DiagonalGaussian(h)
+        return posterior.mean, posterior.std  # (B, e, R/f, R/f) each
+
+    def code_indices(self, z: torch.Tensor) -> torch.Tensor:
+        """Codebook index of every latent position (VQ only): (B, R/f, R/f)."""
+        if not self.is_vq:
+            raise ValueError("code_indices: only VQ autoencoders have a codebook")
+        return self.quantize(z)[2]["indices"]
+
     def decode(self, z: torch.Tensor) -> torch.Tensor:
         if self.is_vq:
             z = self.quantize(z)[0]  # snap diffused pre-quant latents onto the codebook
         return self.decoder(self.post_quant_conv(z))  # (B, in_channels, R, R)
 
     def forward(
-        self, x: torch.Tensor, sample_posterior: bool = True
+        self, x: torch.Tensor, sample_posterior: bool = True, generator: torch.Generator | None = None
     ) -> tuple[torch.Tensor, torch.Tensor, dict[str, Any]]:
         h = self.encode(x)  # (B, 2e or e, R/f, R/f)
-        z, reg_loss, info = self.regularizer(h, sample=sample_posterior)  # z: (B, e, R/f, R/f)
+        kwargs = {} if self.is_vq else {"generator": generator}
+        z, reg_loss, info = self.regularizer(h, sample=sample_posterior, **kwargs)  # z: (B, e, R/f, R/f)
         xrec = self.decoder(self.post_quant_conv(z))  # (B, in_channels, R, R)
         return xrec, reg_loss, info
+
+
+def load_autoencoder(path: str | Path, device: str | torch.device = "cpu") -> tuple[Autoencoder, AutoencoderConfig, float]:
+    """An ``autoencoder.safetensors`` release -> (frozen model in eval mode, its config, scale_factor)."""
+    from ..config import ConfigError, from_dict
+    from ..weights import load_release
+
+    tensors, meta = load_release(Path(path))
+    if meta.get("kind") != "autoencoder":
+        raise ConfigError(f"{path}: not an ldmkit autoencoder file (kind={meta.get('kind')!r})")
+    cfg = from_dict(AutoencoderConfig, meta["config"])
+    model = Autoencoder(cfg)
+    model.load_state_dict(tensors)
+    return model.to(device).eval().requires_grad_(False), cfg, float(meta.get("scale_factor", 1.0))

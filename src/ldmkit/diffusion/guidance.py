@@ -1,6 +1,6 @@
 """Classifier-free guidance (Ho & Salimans 2021, eq. 6) as a wrapper producing a denoise_fn.
 
-The guided prediction is out_u + s * (out_c - out_u). Because eps, x0 and v are all affine in
+The guided prediction is out_u + s * (out_c - out_u), i.e. eq. 6 with s = 1 + w. Because eps, x0 and v are all affine in
 the model output for fixed (x_t, t), mixing raw outputs is valid for every parameterization.
 """
 from __future__ import annotations

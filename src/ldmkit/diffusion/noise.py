@@ -21,7 +21,7 @@ def _check_per_sample(generator: Sequence[torch.Generator], batch: int) -> None:
 
 def randn(shape: Sequence[int], generator: Generators = None, device: torch.device | str | None = None,
           dtype: torch.dtype | None = None) -> Tensor:
-    """Standard normal noise of ``shape`` (drawn in float32, then cast to ``dtype``).
+    """Standard normal noise of ``shape``, drawn in float32 then cast to ``dtype`` (default: torch's default).
 
     ``generator`` is None (global RNG), a ``torch.Generator``, or one generator per element of
     ``shape[0]``. ``device=None`` keeps the tensor where it was drawn.
@@ -33,7 +33,7 @@ def randn(shape: Sequence[int], generator: Generators = None, device: torch.devi
     else:
         _check_per_sample(generator, shape[0])
         parts = [torch.randn(shape[1:], generator=g, device=g.device, dtype=torch.float32) for g in generator]
-        out = torch.stack([p.to(device if device is not None else parts[0].device) for p in parts])
+        out = torch.stack([p.to(parts[0].device) for p in parts])
     return out.to(device=device if device is not None else out.device, dtype=dtype or torch.get_default_dtype())
 
 

@@ -37,7 +37,10 @@ def _coef(value: Tensor, x: Tensor) -> Tensor:
 def sample_ddpm(denoise_fn: DenoiseFn, x_T: Tensor, schedule: Schedule, *, steps: int | None = None,
                 generator: noise_lib.Generators = None, callback: Callback = None,
                 clip_denoised: bool = False) -> Tensor:
-    """Ancestral sampling over all T steps (Ho et al. 2020, Algorithm 2, with the x_0-form of eq. 11).
+    """Ancestral sampling over all T steps (Ho et al. 2020, Algorithm 2).
+
+    Each step predicts x_0 (DDPM eq. 15), then draws from the posterior q(x_{t-1} | x_t, x_0) at that
+    prediction (eqs. 6-7) with the clipped log-variance, as the original ``p_sample`` does.
 
     ``steps`` must be None or T. ``clip_denoised`` clamps the predicted x_0 to [-1, 1] (pixel space;
     off by default, as for latents).
@@ -69,8 +72,9 @@ def ddim_timesteps(timesteps: int, steps: int, discretization: Discretization = 
 
     uniform: arange(0, T, T // steps) + 1 (e.g. T=1000, steps=50 gives 1, 21, ..., 981; when
     T // steps does not divide T this yields more than ``steps`` timesteps, as in the original);
-    quad: int(linspace(0, sqrt(0.8 T), steps)^2) + 1. Combinations whose "+1" shift reaches T
-    (e.g. steps > T/2 for uniform) are rejected rather than indexing past the schedule.
+    quad: int(linspace(0, sqrt(0.8 T), steps)^2) + 1. Where the "+1" shift reaches T (e.g. T=1000
+    with steps=3 or steps > 500) the original indexes past its schedule and crashes; here that
+    last timestep is dropped instead, which keeps every valid combination identical to the original.
     """
     if not 1 <= steps <= timesteps:
         raise ConfigError(f"steps: must be in [1, {timesteps}] (the number of training timesteps), got {steps}")
@@ -80,10 +84,7 @@ def ddim_timesteps(timesteps: int, steps: int, discretization: Discretization = 
         ts = (np.linspace(0, np.sqrt(timesteps * 0.8), steps) ** 2).astype(int) + 1
     else:
         raise ConfigError(f"discretization: expected uniform or quad, got {discretization!r}")
-    if ts[-1] >= timesteps:
-        raise ConfigError(f"steps: {steps} {discretization} DDIM steps over T={timesteps} put the last timestep at "
-                          f"{ts[-1]} after the original's +1 shift (valid: 0..{timesteps - 1}); choose fewer steps")
-    return ts.astype(np.int64)
+    return ts[ts < timesteps].astype(np.int64)
 
 
 def _ddim_alphas(schedule: Schedule, ts: np.ndarray) -> tuple[Tensor, Tensor]:
@@ -100,8 +101,10 @@ def sample_ddim(denoise_fn: DenoiseFn, x_T: Tensor, schedule: Schedule, *, steps
 
     x_prev = sqrt(a_prev) x0_pred + sqrt(1 - a_prev - sigma^2) eps + sigma z, with
     sigma = eta sqrt((1 - a_prev) / (1 - a) (1 - a / a_prev)) (eq. 16). eta = 0 is deterministic
-    and draws no noise; eta = 1 matches DDPM's posterior variance.
+    and draws no noise; eta = 1 matches DDPM's posterior variance. ``steps=None`` means 50.
     """
+    if eta < 0:
+        raise ConfigError(f"eta: must be >= 0, got {eta}")
     ts = ddim_timesteps(schedule.timesteps, 50 if steps is None else steps, discretization)
     a, a_prev = _ddim_alphas(schedule, ts)
     sigma = eta * ((1 - a_prev) / (1 - a) * (1 - a / a_prev)).sqrt()

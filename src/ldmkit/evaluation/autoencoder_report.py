@@ -28,9 +28,10 @@ def evaluate_autoencoder(weights: str | Path, n: int = 0, batch_size: int = 250,
     test = build_dataset(data_cfg, "test")
     total = len(test) if n <= 0 else min(n, len(test))
     psnrs, ssims, usage = [], [], []
+    images = test.images_tensor()[:total] if hasattr(test, "images_tensor") else None
     for start in range(0, total, batch_size):
         idx = range(start, min(total, start + batch_size))
-        x = test.images_tensor()[start:idx.stop] if hasattr(test, "images_tensor") else collate([test[i] for i in idx])["image"]
+        x = images[start:idx.stop] if images is not None else collate([test[i] for i in idx])["image"]
         z = model.encode_latents(x, sample=False)
         xrec = model.decode(z).clamp(-1, 1)
         psnrs.append(psnr(x, xrec))

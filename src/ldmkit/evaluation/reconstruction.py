@@ -32,7 +32,8 @@ def ssim(
     Computed in float64 because E[x^2] - E[x]^2 cancels badly in float32.
     """
     if x.shape != y.shape or x.dim() != 4:
-        raise ValueError(f"ssim: expected two (B, C, H, W) tensors of the same shape, got {tuple(x.shape)} and {tuple(y.shape)}")
+        raise ValueError(f"ssim: expected two (B, C, H, W) tensors of the same shape, "
+                         f"got {tuple(x.shape)} and {tuple(y.shape)}")
     if min(x.shape[-2:]) < win_size:
         raise ValueError(f"ssim: images must be at least {win_size}x{win_size}, got {tuple(x.shape[-2:])}")
     c = x.shape[1]

@@ -34,6 +34,7 @@ class AttentionBlock(nn.Module):
         qkv = qkv.reshape(b, self.num_heads, 3 * d, -1).transpose(-1, -2)  # (B, heads, T, 3d): per-head [q|k|v]
         q, k, v = qkv.chunk(3, dim=-1)  # each (B, heads, T, d)
         # The original scales q and k by d^-1/4 each; SDPA's default scale d^-1/2 is the same product.
+        # (It also upcasts the softmax to float32; SDPA's fused half-precision kernels accumulate in float32.)
         h = F.scaled_dot_product_attention(q, k, v)  # (B, heads, T, d)
         h = h.transpose(-1, -2).reshape(b, c, -1)  # (B, C, T)
         return (x_flat + self.proj_out(h)).reshape(b, c, *spatial)  # (B, C, H, W)

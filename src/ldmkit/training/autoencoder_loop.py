@@ -100,9 +100,9 @@ def train_autoencoder(cfg: AutoencoderRunConfig, resume: bool = True) -> Path:
     log = RunLogger(out, tc.steps, step)
     t_start = time.perf_counter()
     model.train()
-    for batch in stream:
-        if step >= tc.steps:
-            break
+    batches = iter(stream)
+    while step < tc.steps:  # check before drawing: the stream position is part of the checkpoint
+        batch = next(batches)
         lr = tc.lr * lr_factor(step, tc)
         for opt in (opt_ae, opt_d):
             for group in opt.param_groups:

@@ -138,9 +138,9 @@ def train_ldm(cfg: LDMRunConfig, resume: bool = True) -> Path:
     log = RunLogger(out, tc.steps, step)
     t_start = time.perf_counter()
     denoiser.train()
-    for batch in stream:
-        if step >= tc.steps:
-            break
+    batches = iter(stream)
+    while step < tc.steps:  # check before drawing: the stream position is part of the checkpoint
+        batch = next(batches)
         lr = tc.lr * lr_factor(step, tc)
         for group in opt.param_groups:
             group["lr"] = lr
@@ -161,7 +161,7 @@ def train_ldm(cfg: LDMRunConfig, resume: bool = True) -> Path:
         step += 1
         log.step()
         if step % tc.log_every == 0 or step == tc.steps:
-            log.log(step, {"loss": float(loss), "lr": lr}, tc.batch_size)
+            log.log(step, {"loss": float(loss.detach()), "lr": lr}, tc.batch_size)
         if step % tc.sample_every == 0:
             _save_samples(pipe, ema.model, tc, out / "samples" / f"samples_{step:07d}.png")
         if step % tc.ckpt_every == 0:
