@@ -28,7 +28,7 @@ demo: env data
 	$(PY) -m ldmkit demo
 
 test: env data
-	$(PY) -m pytest -q
+	$(PY) -m pytest
 
 clean:
 	rm -rf runs .pytest_cache

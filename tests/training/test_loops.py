@@ -75,3 +75,18 @@ def test_ldm_rejects_mismatched_latent_channels(tmp_path, tiny_ae):
 
     with pytest.raises(ConfigError, match="unet.in_channels"):
         run_ldm(tmp_path, tiny_ae, 1, "unet.in_channels=4")
+
+
+def test_autoencoder_release_round_trip_and_eval(tmp_path, tiny_ae):
+    from ldmkit.autoencoder import load_autoencoder
+    from ldmkit.evaluation.autoencoder_report import evaluate_autoencoder
+
+    model, cfg, scale = load_autoencoder(tiny_ae)
+    saved = load_file(str(tiny_ae))
+    assert saved.keys() == model.state_dict().keys()
+    assert all(torch.equal(saved[k], v) for k, v in model.state_dict().items())
+    assert scale == read_release_metadata(tiny_ae)["scale_factor"] and cfg.ch == 8
+    report = evaluate_autoencoder(tiny_ae, out=tmp_path)
+    assert report["n_images"] == 6 and 0 < report["psnr"] < 100 and -1 <= report["ssim"] <= 1
+    assert json.loads((tmp_path / "report.json").read_text())["psnr"] == report["psnr"]
+    assert (tmp_path / "reconstructions.png").is_file()
