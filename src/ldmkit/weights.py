@@ -4,6 +4,7 @@ Never unpickles anything: safetensors only (foreign ``.ckpt`` files go through c
 """
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import tempfile
@@ -49,3 +50,12 @@ def load_release(path: Path, device: str | torch.device = "cpu") -> tuple[dict[s
     if not path.is_file():
         raise FileNotFoundError(f"{path}: weights file not found")
     return load_file(str(path), device=str(device)), read_release_metadata(path)
+
+
+def file_digest(path: Path, chunk: int = 1 << 20) -> str:
+    """sha256 of a file's bytes (keys caches to the exact weights they came from)."""
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        while block := f.read(chunk):
+            h.update(block)
+    return h.hexdigest()

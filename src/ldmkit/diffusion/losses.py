@@ -16,13 +16,17 @@ DenoiseFn = Callable[[Tensor, Tensor], Tensor]
 
 def diffusion_loss(schedule: Schedule, denoise_fn: DenoiseFn, x0: Tensor, *, t: Tensor | None = None,
                    noise: Tensor | None = None, generator: noise_lib.Generators = None,
-                   loss_type: Literal["l2", "l1"] = "l2") -> tuple[Tensor, dict[str, Any]]:
+                   loss_type: Literal["l2", "l1"] = "l2",
+                   snr_gamma: float | None = None) -> tuple[Tensor, dict[str, Any]]:
     """Per-sample loss E_{t, eps} || target - denoise_fn(x_t, t) ||, averaged over non-batch dims.
 
     1. t ~ U{0, ..., T-1} and eps ~ N(0, I), unless given (drawn from ``generator``).
     2. x_t = q_sample(x0, t, eps) (DDPM eq. 4).
     3. The output of ``denoise_fn(x_t, t)`` is compared, in float32 or wider, with the target of
        the schedule's parameterization (eps, x0 or v): squared error for "l2", absolute for "l1".
+    4. Optional Min-SNR-gamma weighting (Hang et al. 2023, eq. 8): each sample's loss is scaled so
+       that it equals min(SNR(t), gamma) times the x0-space error, which stops the easy low-noise
+       steps from dominating and speeds up convergence several-fold in short runs.
 
     Returns ``(loss (B,), info)`` where info holds ``t``, ``noise``, ``x_t``, ``output`` and ``target``.
     """
@@ -40,4 +44,22 @@ def diffusion_loss(schedule: Schedule, denoise_fn: DenoiseFn, x0: Tensor, *, t: 
     diff = output.to(wide) - tgt.to(wide)
     per_elem = diff.square() if loss_type == "l2" else diff.abs()
     loss = per_elem.reshape(batch, -1).mean(dim=1)
+    if snr_gamma is not None:
+        loss = loss * min_snr_weight(schedule, t, snr_gamma).to(loss.dtype)
     return loss, {"t": t, "noise": noise, "x_t": x_t, "output": output, "target": tgt}
+
+
+def min_snr_weight(schedule: Schedule, t: Tensor, gamma: float) -> Tensor:
+    """Per-sample Min-SNR weight for the schedule's parameterization (float64 -> caller's dtype).
+
+    With SNR = abar / (1 - abar): eps-loss * min(SNR, g) / SNR, x0-loss * min(SNR, g),
+    v-loss * min(SNR, g) / (SNR + 1) all equal min(SNR, g) * ||x0 - x0_hat||^2.
+    """
+    abar = schedule.alphas_cumprod.to(t.device)[t]
+    snr = abar / (1.0 - abar)
+    clipped = snr.clamp(max=gamma)
+    if schedule.parameterization == "eps":
+        return clipped / snr
+    if schedule.parameterization == "v":
+        return clipped / (snr + 1.0)
+    return clipped

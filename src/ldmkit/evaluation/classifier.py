@@ -17,7 +17,10 @@ from torch import nn
 
 from ..weights import load_release, save_release
 
-RECIPE = {"arch": "cnn3-32-64-128-fc256", "epochs": 4, "batch_size": 128, "lr": 2e-3, "seed": 0, "shift": 2}
+# Short training favours no translation augmentation (flips only); bf16 autocast is ~1.5x faster
+# on CPUs with AMX / AVX512-BF16 and costs no accuracy here. Changing the recipe changes the cache key.
+RECIPE = {"arch": "cnn3-32-64-128-fc256", "epochs": 5, "batch_size": 128, "lr": 3e-3, "seed": 0, "shift": 0,
+          "label_smoothing": 0.0, "precision": "bf16"}
 
 
 def cache_dir() -> Path:
@@ -58,12 +61,13 @@ def accuracy(model: nn.Module, images: torch.Tensor, labels: torch.Tensor, batch
     return correct / len(images)
 
 
-def _shift(x: torch.Tensor, gen: torch.Generator, max_shift: int) -> torch.Tensor:
+def _augment(x: torch.Tensor, gen: torch.Generator, max_shift: int) -> torch.Tensor:
     """Random translation by up to ``max_shift`` pixels (background -1) and random horizontal flip."""
     b = x.shape[0]
-    pad = F.pad(x, (max_shift,) * 4, value=-1.0)
-    dx, dy = torch.randint(0, 2 * max_shift + 1, (2,), generator=gen).tolist()
-    x = pad[..., dy:dy + x.shape[-2], dx:dx + x.shape[-1]]
+    if max_shift:
+        pad = F.pad(x, (max_shift,) * 4, value=-1.0)
+        dx, dy = torch.randint(0, 2 * max_shift + 1, (2,), generator=gen).tolist()
+        x = pad[..., dy:dy + x.shape[-2], dx:dx + x.shape[-1]]
     flip = torch.rand(b, generator=gen) < 0.5
     return torch.where(flip[:, None, None, None], x.flip(-1), x)
 
@@ -83,13 +87,15 @@ def train_classifier(train_x: torch.Tensor, train_y: torch.Tensor, recipe: dict 
         order = torch.randperm(len(train_x), generator=gen)
         for i in range(steps_per_epoch):
             idx = order[i * recipe["batch_size"]:(i + 1) * recipe["batch_size"]]
-            x = _shift(train_x[idx], gen, recipe["shift"])
-            loss = F.cross_entropy(model(x), train_y[idx], label_smoothing=0.05)
+            x = _augment(train_x[idx], gen, recipe["shift"])
+            with torch.autocast("cpu", dtype=torch.bfloat16, enabled=recipe["precision"] == "bf16"):
+                logits = model(x)
+            loss = F.cross_entropy(logits.float(), train_y[idx], label_smoothing=recipe["label_smoothing"])
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()
             sched.step()
-        log(f"classifier epoch {epoch + 1}/{recipe['epochs']}: loss {float(loss):.3f} ({time.perf_counter() - t0:.0f} s)")
+        log(f"classifier epoch {epoch + 1}/{recipe['epochs']}: loss {float(loss.detach()):.3f} ({time.perf_counter() - t0:.0f} s)")
     return model.eval()
 
 

@@ -14,7 +14,7 @@ from ..device import resolve_device
 from ..imageio import save_grid
 from ..weights import save_release
 from .checkpoint import load_checkpoint, rng_state, save_checkpoint, set_rng_state
-from .config import TrainConfig, lr_factor
+from .config import TrainConfig, autocast, lr_factor
 from .logger import RunLogger
 from .stream import BatchStream
 
@@ -108,15 +108,17 @@ def train_autoencoder(cfg: AutoencoderRunConfig, resume: bool = True) -> Path:
             for group in opt.param_groups:
                 group["lr"] = lr
         x = batch["image"].to(device, non_blocking=True)  # (B, C, H, W)
-        xrec, reg_loss, info = model(x, sample_posterior=True, generator=gen)
-        loss, values = loss_fn.generator_loss(x, xrec, reg_loss, model.last_layer, step)
+        with autocast(device, tc.precision):
+            xrec, reg_loss, info = model(x, sample_posterior=True, generator=gen)
+            loss, values = loss_fn.generator_loss(x, xrec.float(), reg_loss, model.last_layer, step)
         opt_ae.zero_grad(set_to_none=True)
         loss.backward()
         if tc.grad_clip:
             torch.nn.utils.clip_grad_norm_(model.parameters(), tc.grad_clip)
         opt_ae.step()
         if step >= cfg.loss.disc_start:  # the discriminator is idle (and free) before disc_start
-            d_loss, d_values = loss_fn.discriminator_loss(x, xrec.detach(), step)
+            with autocast(device, tc.precision):
+                d_loss, d_values = loss_fn.discriminator_loss(x, xrec.detach().float(), step)
             opt_d.zero_grad(set_to_none=True)
             d_loss.backward()
             opt_d.step()

@@ -1,6 +1,8 @@
 """Latent diffusion training over a frozen first stage: encode, noise, denoise, AdamW, EMA."""
 from __future__ import annotations
 
+import hashlib
+import json
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -17,8 +19,9 @@ from ..diffusion import ScheduleConfig, diffusion_loss
 from ..imageio import save_grid
 from ..nn import ConditionerConfig, UNetConfig
 from ..pipeline import Pipeline, PipelineConfig
+from ..weights import file_digest, load_release, save_release
 from .checkpoint import load_checkpoint, rng_state, save_checkpoint, set_rng_state
-from .config import TrainConfig, lr_factor
+from .config import TrainConfig, autocast, lr_factor
 from .ema import EMA
 from .logger import RunLogger
 from .stream import BatchStream
@@ -29,6 +32,7 @@ class LDMTrainConfig(TrainConfig):
     ema_decay: float = 0.9999
     p_uncond: float = 0.1               # condition dropout, so one model also predicts unconditionally (CFG)
     loss_type: Literal["l2", "l1"] = "l2"
+    snr_gamma: float = 0.0              # > 0: Min-SNR-gamma loss weighting (5 is the paper's choice); 0 = off
     cache_latents: bool = True          # encode an in-memory data set once instead of every step
     sample_steps: int = 50
     guidance_scale: float = 3.0
@@ -73,15 +77,30 @@ def build_pipeline(cfg: LDMRunConfig, class_names: list[str]) -> Pipeline:
 
 
 class _LatentSource:
-    """Batches of scaled latents: from an in-memory cache of posterior moments, or encoded on the fly."""
+    """Batches of scaled latents: from a cache of posterior moments, or encoded on the fly.
 
-    def __init__(self, pipe: Pipeline, dataset, cache: bool, device: torch.device):
+    In-memory data sets are encoded once. The moments are kept on disk beside the first stage,
+    keyed by the autoencoder's weights hash and the data config, so a changed autoencoder or
+    data set never reuses a stale cache, and a second run skips the encoding.
+    """
+
+    def __init__(self, pipe: Pipeline, dataset, cfg: LDMRunConfig, device: torch.device):
         self.pipe, self.device, self.moments = pipe, device, None
-        if cache and hasattr(dataset, "images_tensor"):
-            images = dataset.images_tensor()
-            with torch.no_grad():
-                parts = [pipe.autoencoder.encode_moments(images[i:i + 512].to(device)) for i in range(0, len(images), 512)]
-            self.moments = (torch.cat([p[0] for p in parts]), torch.cat([p[1] for p in parts]))
+        if not (cfg.train.cache_latents and hasattr(dataset, "images_tensor")):
+            return
+        key = hashlib.sha256(file_digest(Path(cfg.first_stage)).encode()
+                             + json.dumps([to_dict(cfg.data), cfg.train.precision], sort_keys=True).encode()).hexdigest()[:16]
+        path = Path(cfg.first_stage).parent / "latent_cache" / f"{cfg.data.name}-train-{key}.safetensors"
+        if path.is_file():
+            cached, _ = load_release(path, device)
+            self.moments = (cached["mean"], cached["std"])
+            return
+        images = dataset.images_tensor()
+        with torch.no_grad(), autocast(device, cfg.train.precision):
+            parts = [pipe.autoencoder.encode_moments(images[i:i + 512].to(device)) for i in range(0, len(images), 512)]
+        self.moments = (torch.cat([p[0] for p in parts]).float(), torch.cat([p[1] for p in parts]).float())
+        save_release(path, {"mean": self.moments[0], "std": self.moments[1]},
+                     {"kind": "latent_cache", "first_stage": str(cfg.first_stage), "data": to_dict(cfg.data)})
 
     def latents(self, batch: dict, gen: torch.Generator) -> torch.Tensor:
         if self.moments is not None and "index" in batch:
@@ -116,7 +135,7 @@ def train_ldm(cfg: LDMRunConfig, resume: bool = True) -> Path:
     opt = torch.optim.AdamW(denoiser.parameters(), lr=tc.lr, weight_decay=tc.weight_decay)
     ema = EMA(denoiser, tc.ema_decay)
     stream = BatchStream(dataset, tc.batch_size, tc.seed, tc.num_workers)
-    source = _LatentSource(pipe, dataset, tc.cache_latents, device)
+    source = _LatentSource(pipe, dataset, cfg, device)
     gen = torch.Generator(device=device).manual_seed(tc.seed + 1)
 
     step, ckpt_path = 0, out / "checkpoint.pt"
@@ -149,8 +168,9 @@ def train_ldm(cfg: LDMRunConfig, resume: bool = True) -> Path:
         if pipe.conditioner is not None:
             labels = pipe.conditioner.drop(batch["label"].to(device), tc.p_uncond, generator=gen)
             cond = pipe.condition(labels)
-        loss_per, _ = diffusion_loss(pipe.schedule, lambda x, t: pipe.model_fn(x, t, cond), z0,
-                                     generator=gen, loss_type=tc.loss_type)
+        with autocast(device, tc.precision):
+            loss_per, _ = diffusion_loss(pipe.schedule, lambda x, t: pipe.model_fn(x, t, cond), z0,
+                                         generator=gen, loss_type=tc.loss_type, snr_gamma=tc.snr_gamma or None)
         loss = loss_per.mean()
         opt.zero_grad(set_to_none=True)
         loss.backward()
