@@ -19,7 +19,7 @@ from ..weights import load_release, save_release
 
 # Short training favours no translation augmentation (flips only); bf16 autocast is ~1.5x faster
 # on CPUs with AMX / AVX512-BF16 and costs no accuracy here. Changing the recipe changes the cache key.
-RECIPE = {"arch": "cnn3-32-64-128-fc256", "epochs": 5, "batch_size": 128, "lr": 3e-3, "seed": 0, "shift": 0,
+RECIPE = {"arch": "cnn3-32-64-128-fc256-crop28", "epochs": 5, "batch_size": 128, "lr": 3e-3, "seed": 0, "shift": 0,
           "label_smoothing": 0.0, "precision": "bf16"}
 
 
@@ -29,7 +29,7 @@ def cache_dir() -> Path:
 
 
 class FashionClassifier(nn.Module):
-    """(B, 1 or 3, 32, 32) in [-1, 1] -> logits (B, 10); ``features`` gives the 256-d penultimate layer."""
+    """(B, 1 or 3, H, W) in [-1, 1], resized to 32x32 -> logits (B, 10); ``features`` is the 256-d penultimate layer."""
 
     def __init__(self, num_classes: int = 10):
         super().__init__()
@@ -38,8 +38,8 @@ class FashionClassifier(nn.Module):
             return nn.Sequential(nn.Conv2d(cin, cout, 3, padding=1, bias=False), nn.BatchNorm2d(cout),
                                  nn.ReLU(inplace=True), nn.MaxPool2d(2))
 
-        self.body = nn.Sequential(block(1, 32), block(32, 64), block(64, 128))  # 32 -> 4
-        self.fc = nn.Sequential(nn.Flatten(), nn.Dropout(0.3), nn.Linear(128 * 16, 256), nn.ReLU(inplace=True))
+        self.body = nn.Sequential(block(1, 32), block(32, 64), block(64, 128))  # 28 -> 14 -> 7 -> 3
+        self.fc = nn.Sequential(nn.Flatten(), nn.Dropout(0.3), nn.Linear(128 * 9, 256), nn.ReLU(inplace=True))
         self.head = nn.Linear(256, num_classes)
 
     def features(self, x: torch.Tensor) -> torch.Tensor:
@@ -47,7 +47,8 @@ class FashionClassifier(nn.Module):
             x = x.mean(dim=1, keepdim=True)
         if x.shape[-1] != 32:
             x = F.interpolate(x, size=(32, 32), mode="bilinear", align_corners=False)
-        return self.fc(self.body(x))  # (B, 256)
+        # the 2-pixel border is padding (Fashion-MNIST is 28x28): cropping it saves a quarter of the compute
+        return self.fc(self.body(x[..., 2:30, 2:30]))  # (B, 256)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.head(self.features(x))  # (B, 10)
@@ -72,8 +73,9 @@ def _augment(x: torch.Tensor, gen: torch.Generator, max_shift: int) -> torch.Ten
     return torch.where(flip[:, None, None, None], x.flip(-1), x)
 
 
-def train_classifier(train_x: torch.Tensor, train_y: torch.Tensor, recipe: dict = RECIPE,
+def train_classifier(train_x: torch.Tensor, train_y: torch.Tensor, recipe: dict | None = None,
                      log=print) -> FashionClassifier:
+    recipe = recipe or RECIPE
     torch.manual_seed(recipe["seed"])
     gen = torch.Generator().manual_seed(recipe["seed"])
     model = FashionClassifier()

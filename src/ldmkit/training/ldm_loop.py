@@ -34,6 +34,7 @@ class LDMTrainConfig(TrainConfig):
     loss_type: Literal["l2", "l1"] = "l2"
     snr_gamma: float = 0.0              # > 0: Min-SNR-gamma loss weighting (5 is the paper's choice); 0 = off
     cache_latents: bool = True          # encode an in-memory data set once instead of every step
+    encode_precision: Literal["fp32", "bf16"] = "fp32"   # bf16 encodes ~2.3x faster on AMX CPUs
     sample_steps: int = 50
     guidance_scale: float = 3.0
 
@@ -89,14 +90,14 @@ class _LatentSource:
         if not (cfg.train.cache_latents and hasattr(dataset, "images_tensor")):
             return
         key = hashlib.sha256(file_digest(Path(cfg.first_stage)).encode()
-                             + json.dumps([to_dict(cfg.data), cfg.train.precision], sort_keys=True).encode()).hexdigest()[:16]
+                             + json.dumps([to_dict(cfg.data), cfg.train.encode_precision], sort_keys=True).encode()).hexdigest()[:16]
         path = Path(cfg.first_stage).parent / "latent_cache" / f"{cfg.data.name}-train-{key}.safetensors"
         if path.is_file():
             cached, _ = load_release(path, device)
             self.moments = (cached["mean"], cached["std"])
             return
         images = dataset.images_tensor()
-        with torch.no_grad(), autocast(device, cfg.train.precision):
+        with torch.no_grad(), autocast(device, cfg.train.encode_precision):
             parts = [pipe.autoencoder.encode_moments(images[i:i + 512].to(device)) for i in range(0, len(images), 512)]
         self.moments = (torch.cat([p[0] for p in parts]).float(), torch.cat([p[1] for p in parts]).float())
         save_release(path, {"mean": self.moments[0], "std": self.moments[1]},
