@@ -1,21 +1,20 @@
 """First-stage training: reconstruction + regulariser + (gated) PatchGAN, two Adam optimisers."""
 from __future__ import annotations
 
-import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
 
 from ..autoencoder import Autoencoder, AutoencoderConfig, AutoencoderLoss, AutoencoderLossConfig
-from ..config import require, save_config, to_dict
+from ..config import require, to_dict
 from ..data import DataConfig, build_dataset
-from ..device import resolve_device
 from ..imageio import save_grid
 from ..weights import save_release
-from .checkpoint import load_checkpoint, rng_state, save_checkpoint, set_rng_state
+from .checkpoint import load_training_state, save_training_state
 from .config import TrainConfig, autocast, lr_factor
 from .logger import RunLogger
+from .run import TimeBudget, set_lr, start_run
 from .stream import BatchStream
 
 
@@ -62,13 +61,7 @@ def release_autoencoder(path: Path, model: Autoencoder, cfg: AutoencoderConfig, 
 def train_autoencoder(cfg: AutoencoderRunConfig, resume: bool = True) -> Path:
     """Train, checkpoint (atomic, resumable), and write ``autoencoder.safetensors``; returns its path."""
     tc = cfg.train
-    out = Path(tc.out_dir)
-    out.mkdir(parents=True, exist_ok=True)
-    save_config(cfg, out / "config.yaml")
-    if tc.num_threads:
-        torch.set_num_threads(tc.num_threads)
-    device = resolve_device(tc.device)
-    torch.manual_seed(tc.seed)
+    out, device = start_run(cfg, tc)
 
     train_set, test_set = build_dataset(cfg.data, "train"), build_dataset(cfg.data, "test")
     model = Autoencoder(cfg.model).to(device)
@@ -78,35 +71,23 @@ def train_autoencoder(cfg: AutoencoderRunConfig, resume: bool = True) -> Path:
     stream = BatchStream(train_set, tc.batch_size, tc.seed, tc.num_workers)
     gen = torch.Generator(device=device).manual_seed(tc.seed)  # posterior sampling
 
+    stateful = {"model": model, "loss": loss_fn, "opt_ae": opt_ae, "opt_d": opt_d, "stream": stream}
     step, ckpt_path = 0, out / "checkpoint.pt"
     if resume and ckpt_path.exists():
-        state = load_checkpoint(ckpt_path, map_location=device)
-        model.load_state_dict(state["model"])
-        loss_fn.load_state_dict(state["loss"])
-        opt_ae.load_state_dict(state["opt_ae"])
-        opt_d.load_state_dict(state["opt_d"])
-        stream.load_state_dict(state["stream"])
-        gen.set_state(state["generator"].to("cpu") if device.type == "cpu" else state["generator"])
-        set_rng_state(state["rng"])
-        step = int(state["step"])
+        step = load_training_state(ckpt_path, stateful, gen, device)
 
     def checkpoint() -> None:
-        save_checkpoint(ckpt_path, {"model": model.state_dict(), "loss": loss_fn.state_dict(),
-                                    "opt_ae": opt_ae.state_dict(), "opt_d": opt_d.state_dict(),
-                                    "stream": stream.state_dict(), "generator": gen.get_state(),
-                                    "rng": rng_state(), "step": step, "config": to_dict(cfg)})
+        save_training_state(ckpt_path, stateful, gen, step, to_dict(cfg))
 
     fixed = _first_images(test_set, 16).to(device)
     log = RunLogger(out, tc.steps, step)
-    t_start = time.perf_counter()
+    budget = TimeBudget(tc.max_minutes)
     model.train()
     batches = iter(stream)
     while step < tc.steps:  # check before drawing: the stream position is part of the checkpoint
         batch = next(batches)
         lr = tc.lr * lr_factor(step, tc)
-        for opt in (opt_ae, opt_d):
-            for group in opt.param_groups:
-                group["lr"] = lr
+        set_lr((opt_ae, opt_d), lr)
         x = batch["image"].to(device, non_blocking=True)  # (B, C, H, W)
         with autocast(device, tc.precision):
             xrec, reg_loss, info = model(x, sample_posterior=True, generator=gen)
@@ -132,7 +113,7 @@ def train_autoencoder(cfg: AutoencoderRunConfig, resume: bool = True) -> Path:
             _save_reconstructions(model, fixed, out / "samples" / f"recon_{step:07d}.png")
         if step % tc.ckpt_every == 0:
             checkpoint()
-        if tc.max_minutes and time.perf_counter() - t_start > tc.max_minutes * 60:
+        if budget.spent():
             log.write(f"time budget of {tc.max_minutes} min spent at step {step}")
             break
     log.close()

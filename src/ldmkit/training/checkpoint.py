@@ -49,3 +49,23 @@ def load_checkpoint(path: Path, map_location: str | torch.device = "cpu") -> dic
     return torch.load(path, map_location=map_location, weights_only=True)
 
 
+
+
+def save_training_state(path: Path, stateful: dict[str, Any], generator: torch.Generator, step: int,
+                        config: dict[str, Any]) -> None:
+    """Everything a run needs to continue as if never stopped: each object's state_dict, the
+    training generator, every global RNG, the step and the resolved config."""
+    state = {name: obj.state_dict() for name, obj in stateful.items()}
+    save_checkpoint(path, state | {"generator": generator.get_state(), "rng": rng_state(), "step": step,
+                                   "config": config})
+
+
+def load_training_state(path: Path, stateful: dict[str, Any], generator: torch.Generator,
+                        device: torch.device) -> int:
+    """Restore what :func:`save_training_state` wrote; returns the step to continue from."""
+    state = load_checkpoint(path, map_location=device)
+    for name, obj in stateful.items():
+        obj.load_state_dict(state[name])
+    generator.set_state(state["generator"].cpu())  # generator states are CPU byte tensors on every device
+    set_rng_state(state["rng"])
+    return int(state["step"])

@@ -1,7 +1,7 @@
 """Training-loop settings shared by both loops, and the run configs that compose components."""
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Literal
 
 import torch

@@ -3,7 +3,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal
@@ -12,18 +11,18 @@ import torch
 from torch import nn
 
 from ..autoencoder import load_autoencoder
-from ..config import ConfigError, require, save_config, to_dict
+from ..config import ConfigError, require, to_dict
 from ..data import DataConfig, build_dataset
-from ..device import resolve_device
 from ..diffusion import ScheduleConfig, diffusion_loss
 from ..imageio import save_grid
 from ..nn import ConditionerConfig, UNetConfig
 from ..pipeline import Pipeline, PipelineConfig
 from ..weights import file_digest, load_release, save_release
-from .checkpoint import load_checkpoint, rng_state, save_checkpoint, set_rng_state
+from .checkpoint import load_training_state, save_training_state
 from .config import TrainConfig, autocast, lr_factor
 from .ema import EMA
 from .logger import RunLogger
+from .run import TimeBudget, set_lr, start_run
 from .stream import BatchStream
 
 
@@ -118,13 +117,7 @@ def train_ldm(cfg: LDMRunConfig, resume: bool = True) -> Path:
     """Train the denoiser; writes checkpoints and ``pipeline.safetensors`` (EMA weights); returns its path."""
     tc = cfg.train
     _check_first_stage(cfg)
-    out = Path(tc.out_dir)
-    out.mkdir(parents=True, exist_ok=True)
-    save_config(cfg, out / "config.yaml")
-    if tc.num_threads:
-        torch.set_num_threads(tc.num_threads)
-    device = resolve_device(tc.device)
-    torch.manual_seed(tc.seed)
+    out, device = start_run(cfg, tc)
 
     dataset = build_dataset(cfg.data, "train")
     pipe = build_pipeline(cfg, list(getattr(dataset, "class_names", [])))
@@ -139,31 +132,22 @@ def train_ldm(cfg: LDMRunConfig, resume: bool = True) -> Path:
     source = _LatentSource(pipe, dataset, cfg, device)
     gen = torch.Generator(device=device).manual_seed(tc.seed + 1)
 
+    stateful = {"model": denoiser, "ema": ema, "opt": opt, "stream": stream}
     step, ckpt_path = 0, out / "checkpoint.pt"
     if resume and ckpt_path.exists():
-        state = load_checkpoint(ckpt_path, map_location=device)
-        denoiser.load_state_dict(state["model"])
-        ema.load_state_dict(state["ema"])
-        opt.load_state_dict(state["opt"])
-        stream.load_state_dict(state["stream"])
-        gen.set_state(state["generator"].cpu() if device.type == "cpu" else state["generator"])
-        set_rng_state(state["rng"])
-        step = int(state["step"])
+        step = load_training_state(ckpt_path, stateful, gen, device)
 
     def checkpoint() -> None:
-        save_checkpoint(ckpt_path, {"model": denoiser.state_dict(), "ema": ema.state_dict(), "opt": opt.state_dict(),
-                                    "stream": stream.state_dict(), "generator": gen.get_state(),
-                                    "rng": rng_state(), "step": step, "config": to_dict(cfg)})
+        save_training_state(ckpt_path, stateful, gen, step, to_dict(cfg))
 
     log = RunLogger(out, tc.steps, step)
-    t_start = time.perf_counter()
+    budget = TimeBudget(tc.max_minutes)
     denoiser.train()
     batches = iter(stream)
     while step < tc.steps:  # check before drawing: the stream position is part of the checkpoint
         batch = next(batches)
         lr = tc.lr * lr_factor(step, tc)
-        for group in opt.param_groups:
-            group["lr"] = lr
+        set_lr((opt,), lr)
         z0 = source.latents(batch, gen)  # (B, c, h, w)
         cond = None
         if pipe.conditioner is not None:
@@ -187,7 +171,7 @@ def train_ldm(cfg: LDMRunConfig, resume: bool = True) -> Path:
             _save_samples(pipe, ema.model, tc, out / "samples" / f"samples_{step:07d}.png")
         if step % tc.ckpt_every == 0:
             checkpoint()
-        if tc.max_minutes and time.perf_counter() - t_start > tc.max_minutes * 60:
+        if budget.spent():
             log.write(f"time budget of {tc.max_minutes} min spent at step {step}")
             break
     log.close()
