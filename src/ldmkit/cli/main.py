@@ -49,6 +49,11 @@ def build_parser() -> argparse.ArgumentParser:
                    help="guided samples scored by the classifier (at least the 100 of the grid)")
     p.add_argument("--guidance", type=float, default=5.0)
     p.add_argument("overrides", nargs="*", help="ae.section.key=value or ldm.section.key=value overrides")
+
+    p = sub.add_parser("convert", help="original LDM .ckpt + YAML <-> ldmkit pipeline.safetensors")
+    p.add_argument("src", help="original .ckpt (with its YAML) or pipeline.safetensors")
+    p.add_argument("dst", help="pipeline.safetensors, or .ckpt (a .yaml is written next to it)")
+    p.add_argument("--config", default=None, help="the original YAML of SRC (default: SRC with .yaml)")
     return parser
 
 
@@ -81,6 +86,10 @@ def _run(args: argparse.Namespace) -> None:
         from .demo import run_demo
 
         run_demo(args)
+    elif args.command == "convert":
+        from ..convert.original import convert_file
+
+        print(" ".join(str(p) for p in convert_file(args.src, args.dst, args.config)))
 
 
 def main(argv: list[str] | None = None) -> int:

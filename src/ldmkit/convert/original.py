@@ -1,0 +1,271 @@
+"""Convert between ldmkit pipelines and the original LDM checkpoints (``.ckpt`` + target/params YAML).
+
+ldmkit modules already use the original's parameter names, so the state_dict mapping is a prefix table.
+The YAML's ``target`` strings are only compared as text, never imported.
+
+Class labels: ldmkit's ClassEmbedder has ``num_classes + 1`` rows, the last being the null class used for
+guidance; the original's cin256-v2 ClassEmbedder has ``n_classes: 1001`` rows with class 1000 as the
+unconditional label. So original ``n_classes = N + 1`` <-> ldmkit ``num_classes = N``.
+"""
+from __future__ import annotations
+
+import dataclasses
+import warnings
+from pathlib import Path
+from typing import Any
+
+import torch
+import yaml
+from torch import Tensor
+
+from ..autoencoder import AutoencoderConfig
+from ..config import load_yaml, to_dict
+from ..diffusion import ScheduleConfig
+from ..nn import ConditionerConfig, UNetConfig
+from ..pipeline import Pipeline, PipelineConfig
+from ..weights import atomic_write
+from .safe_load import load_state_dict_file
+
+# original state_dict prefix -> Pipeline attribute
+PREFIXES = {"model.diffusion_model.": "unet", "first_stage_model.": "autoencoder", "cond_stage_model.": "conditioner"}
+SCHEDULE_BUFFERS = ("betas", "alphas_cumprod", "alphas_cumprod_prev", "sqrt_alphas_cumprod",
+                    "sqrt_one_minus_alphas_cumprod", "log_one_minus_alphas_cumprod", "sqrt_recip_alphas_cumprod",
+                    "sqrt_recipm1_alphas_cumprod", "posterior_variance", "posterior_log_variance_clipped",
+                    "posterior_mean_coef1", "posterior_mean_coef2")
+# keys the original may hold that carry nothing ldmkit needs (training-only or recomputed from the config)
+IGNORED_KEYS = {*SCHEDULE_BUFFERS, "scale_factor", "lvlb_weights", "logvar", "model_ema.decay", "model_ema.num_updates"}
+IGNORED_PREFIXES = ("first_stage_model.loss.", "loss.")
+EMA_PREFIX = "model_ema."
+VQ_CODEBOOK = "first_stage_model.quantize.embedding.weight"
+
+TARGETS = {
+    "ldm": "ldm.models.diffusion.ddpm.LatentDiffusion",
+    "unet": "ldm.modules.diffusionmodules.openaimodel.UNetModel",
+    "kl": "ldm.models.autoencoder.AutoencoderKL",
+    "vq": "ldm.models.autoencoder.VQModelInterface",
+    "class": "ldm.modules.encoders.modules.ClassEmbedder",
+}
+# original UNet params ldmkit does not implement: allowed only at their (no-op) defaults
+UNET_FIXED = {"dims": 2, "num_heads_upsample": -1, "use_new_attention_order": False, "n_embed": None}
+UNET_REQUIRED = ("in_channels", "out_channels", "model_channels", "attention_resolutions", "num_res_blocks")
+UNET_OPTIONAL = {"channel_mult": (1, 2, 4, 8), "num_heads": -1, "num_head_channels": -1, "dropout": 0.0,
+                 "use_scale_shift_norm": False, "resblock_updown": False, "conv_resample": True,
+                 "use_spatial_transformer": False, "transformer_depth": 1, "context_dim": None,
+                 "num_classes": None, "legacy": True}
+DDCONFIG_REQUIRED = ("double_z", "z_channels", "resolution", "in_channels", "out_ch", "ch", "ch_mult",
+                     "num_res_blocks", "attn_resolutions")
+
+
+def _need(d: Any, keys: tuple[str, ...], where: str) -> None:
+    if not isinstance(d, dict):
+        raise ValueError(f"original config: {where} must be a mapping")
+    missing = [k for k in keys if k not in d]
+    if missing:
+        raise ValueError(f"original config: missing {', '.join(f'{where}.{k}' for k in missing)}")
+
+
+# ------------------------------------------------------------------------------------------- YAML config
+def _unet(p: dict[str, Any]) -> UNetConfig:
+    _need(p, UNET_REQUIRED, "unet_config.params")
+    for k, default in UNET_FIXED.items():
+        if p.get(k, default) != default:
+            raise ValueError(f"original config: unet_config.params.{k}={p[k]!r} is not supported (only {default!r})")
+    kw = {k: p[k] for k in UNET_REQUIRED} | {k: p.get(k, v) for k, v in UNET_OPTIONAL.items()}
+    return UNetConfig(**kw | {"channel_mult": tuple(kw["channel_mult"]),
+                              "attention_resolutions": tuple(kw["attention_resolutions"])})
+
+
+def _autoencoder(fs: dict[str, Any]) -> AutoencoderConfig:
+    _need(fs, ("target", "params"), "first_stage_config")
+    target, p = str(fs["target"]), fs["params"]
+    kind = "kl" if target.endswith("AutoencoderKL") else "vq" if target.endswith("VQModelInterface") else None
+    if kind is None:
+        raise ValueError(f"original config: first_stage_config.target {target!r} is not supported "
+                         "(AutoencoderKL or VQModelInterface)")
+    _need(p, ("embed_dim", "ddconfig") + (("n_embed",) if kind == "vq" else ()), "first_stage_config.params")
+    dd = p["ddconfig"]
+    _need(dd, DDCONFIG_REQUIRED, "first_stage_config.params.ddconfig")
+    if bool(dd["double_z"]) != (kind == "kl"):
+        raise ValueError(f"original config: ddconfig.double_z={dd['double_z']} does not fit a {kind} first stage")
+    if dd["out_ch"] != dd["in_channels"]:
+        raise ValueError("original config: ddconfig.out_ch != in_channels is not supported")
+    attn_type = dd.get("attn_type", "vanilla")
+    if attn_type not in ("vanilla", "none"):
+        raise ValueError(f"original config: ddconfig.attn_type {attn_type!r} is not supported (vanilla or none)")
+    if p.get("remap") is not None:
+        raise ValueError("original config: first_stage_config.params.remap is not supported")
+    return AutoencoderConfig(kind=kind, in_channels=dd["in_channels"], resolution=dd["resolution"], ch=dd["ch"],
+                             ch_mult=tuple(dd["ch_mult"]), num_res_blocks=dd["num_res_blocks"],
+                             attn_resolutions=tuple(dd["attn_resolutions"]), mid_attn=attn_type == "vanilla",
+                             dropout=dd.get("dropout", 0.0), z_channels=dd["z_channels"], embed_dim=p["embed_dim"],
+                             **({"n_embed": p["n_embed"]} if kind == "vq" else {}))
+
+
+def _conditioner(cs: Any, conditioning_key: Any) -> ConditionerConfig:
+    if cs == "__is_unconditional__":
+        if conditioning_key is not None:
+            raise ValueError(f"original config: conditioning_key {conditioning_key!r} needs a cond stage")
+        return ConditionerConfig(kind="none")
+    target = str(cs.get("target")) if isinstance(cs, dict) else str(cs)
+    if not target.endswith("ClassEmbedder"):
+        raise ValueError(f"original config: cond_stage_config {target!r} is not supported yet "
+                         "(ClassEmbedder or __is_unconditional__)")
+    if conditioning_key != "crossattn":
+        raise ValueError(f"original config: ClassEmbedder with conditioning_key {conditioning_key!r} is not "
+                         "supported (crossattn)")
+    _need(cs.get("params"), ("embed_dim",), "cond_stage_config.params")
+    p = cs["params"]
+    # the original's default of 1000 rows would hold 999 classes + the null class
+    return ConditionerConfig(kind="class", num_classes=p.get("n_classes", 1000) - 1, embed_dim=p["embed_dim"])
+
+
+def original_config_to_pipeline_config(yaml_dict: dict[str, Any]) -> PipelineConfig:
+    """The original LatentDiffusion YAML (``model.target`` / ``model.params``) -> PipelineConfig."""
+    _need(yaml_dict, ("model",), "<top level>")
+    _need(yaml_dict["model"], ("params",), "model")
+    p = yaml_dict["model"]["params"]
+    _need(p, ("unet_config", "first_stage_config", "cond_stage_config"), "model.params")
+    _need(p["unet_config"], ("params",), "unet_config")
+    # LatentDiffusion's own defaults apply to omitted schedule keys
+    diffusion = ScheduleConfig(timesteps=p.get("timesteps", 1000), beta_schedule=p.get("beta_schedule", "linear"),
+                               linear_start=p.get("linear_start", 1e-4), linear_end=p.get("linear_end", 2e-2),
+                               cosine_s=p.get("cosine_s", 8e-3), parameterization=p.get("parameterization", "eps"),
+                               v_posterior=p.get("v_posterior", 0.0))
+    return PipelineConfig(autoencoder=_autoencoder(p["first_stage_config"]), unet=_unet(p["unet_config"]["params"]),
+                          conditioner=_conditioner(p["cond_stage_config"], p.get("conditioning_key")),
+                          diffusion=diffusion, scale_factor=float(p.get("scale_factor", 1.0)))
+
+
+def pipeline_config_to_original_config(cfg: PipelineConfig) -> dict[str, Any]:
+    """The inverse of :func:`original_config_to_pipeline_config`, in the original target/params schema."""
+    ae, u, d, c = cfg.autoencoder, cfg.unet, cfg.diffusion, cfg.conditioner
+    side = ae.latent_shape[1]
+    unet = {"image_size": side, **{k: getattr(u, k) for k in (*UNET_REQUIRED, *UNET_OPTIONAL)}}
+    ddconfig = {"double_z": ae.kind == "kl", "z_channels": ae.z_channels, "resolution": ae.resolution,
+                "in_channels": ae.in_channels, "out_ch": ae.in_channels, "ch": ae.ch, "ch_mult": ae.ch_mult,
+                "num_res_blocks": ae.num_res_blocks, "attn_resolutions": ae.attn_resolutions,
+                "dropout": ae.dropout, "attn_type": "vanilla" if ae.mid_attn else "none"}
+    first = {"embed_dim": ae.embed_dim, **({"n_embed": ae.n_embed} if ae.kind == "vq" else {}),
+             "ddconfig": ddconfig, "lossconfig": {"target": "torch.nn.Identity"}}
+    cond: Any = "__is_unconditional__"
+    if c.kind == "class":
+        cond = {"target": TARGETS["class"], "params": {"embed_dim": c.embed_dim, "n_classes": c.num_classes + 1,
+                                                       "key": "class_label"}}
+    params = {f.name: getattr(d, f.name) for f in dataclasses.fields(d)}
+    params |= {"first_stage_key": "image", "cond_stage_key": "class_label", "image_size": side,
+               "channels": ae.embed_dim, "conditioning_key": "crossattn" if c.kind == "class" else None,
+               "cond_stage_trainable": c.kind == "class", "scale_factor": cfg.scale_factor, "scale_by_std": False,
+               # the exported UNet weights are the ones ldmkit samples with; no separate model_ema.* keys
+               "use_ema": False,
+               "unet_config": {"target": TARGETS["unet"], "params": unet},
+               "first_stage_config": {"target": TARGETS[ae.kind], "params": first},
+               "cond_stage_config": cond}
+    # to_dict turns tuples into lists, which yaml.safe_dump accepts
+    return to_dict({"model": {"target": TARGETS["ldm"], "params": params}})
+
+
+# ------------------------------------------------------------------------------------------- state_dict
+def ema_name(unet_key: str) -> str:
+    """The original LitEma buffer name of UNet parameter ``unet_key`` (dots stripped)."""
+    return EMA_PREFIX + ("diffusion_model." + unet_key).replace(".", "")
+
+
+def pipeline_to_original_state_dict(pipe: Pipeline) -> dict[str, Tensor]:
+    """Pipeline -> the original LatentDiffusion state_dict (EMA-only style: no ``model_ema.*`` keys)."""
+    sd: dict[str, Tensor] = {}
+    for prefix, attr in PREFIXES.items():
+        module = getattr(pipe, attr)
+        if module is not None:
+            sd |= {prefix + k: v.detach() for k, v in module.state_dict().items()}
+    # the original registers its schedule as float32 buffers; they are recomputed, never read back
+    sd |= {name: getattr(pipe.schedule, name).to(torch.float32) for name in SCHEDULE_BUFFERS}
+    sd["scale_factor"] = torch.tensor(pipe.cfg.scale_factor, dtype=torch.float32)
+    return sd
+
+
+def _short(names: list[str]) -> str:
+    return ", ".join(names[:8]) + (f" (and {len(names) - 8} more)" if len(names) > 8 else "")
+
+
+def original_state_dict_to_pipeline(sd: dict[str, Tensor], cfg: PipelineConfig, use_ema: bool = True) -> Pipeline:
+    """Original LatentDiffusion state_dict + config -> Pipeline. With ``use_ema`` and ``model_ema.*``
+    present, the UNet gets the EMA weights. Missing, unexpected and mis-shaped keys raise ValueError."""
+    if "scale_factor" in sd:  # scale_by_std checkpoints store the fitted factor, which wins over the YAML
+        cfg = dataclasses.replace(cfg, scale_factor=float(sd["scale_factor"]))
+    pipe = Pipeline(cfg)
+    targets = {prefix: getattr(pipe, attr).state_dict() for prefix, attr in PREFIXES.items()
+               if getattr(pipe, attr) is not None}
+    ema_keys = [k for k in sd if k.startswith(EMA_PREFIX) and k not in IGNORED_KEYS]
+    take_ema = use_ema and bool(ema_keys)
+    loaded: dict[str, dict[str, Tensor]] = {prefix: {} for prefix in targets}
+    unexpected = []
+    for key, value in sd.items():
+        prefix = next((p for p in targets if key.startswith(p)), None)
+        if key in IGNORED_KEYS or key.startswith(IGNORED_PREFIXES) or (key.startswith(EMA_PREFIX) and not use_ema):
+            continue
+        if prefix is not None and key[len(prefix):] in targets[prefix]:
+            # with EMA weights taken, the raw UNet weights are present but unused
+            if not (take_ema and prefix == "model.diffusion_model."):
+                loaded[prefix][key[len(prefix):]] = value
+        elif not key.startswith(EMA_PREFIX):
+            unexpected.append(key)
+    if take_ema:
+        by_ema = {ema_name(k): k for k in targets["model.diffusion_model."]}
+        if len(by_ema) != len(targets["model.diffusion_model."]):
+            raise ValueError("original checkpoint: dot-stripped EMA names of this UNet collide")
+        unexpected += [k for k in ema_keys if k not in by_ema]
+        loaded["model.diffusion_model."] = {by_ema[k]: sd[k] for k in ema_keys if k in by_ema}
+    missing = [p + k for p, t in targets.items() for k in t if k not in loaded[p]]
+    if take_ema:  # name missing EMA weights as the checkpoint would spell them
+        missing = [ema_name(k[len("model.diffusion_model."):]) if k.startswith("model.diffusion_model.") else k
+                   for k in missing]
+    if VQ_CODEBOOK in missing:  # some released LDM checkpoints lack it (CompVis/stable-diffusion#284)
+        missing.remove(VQ_CODEBOOK)
+        warnings.warn(f"original checkpoint has no {VQ_CODEBOOK}; the VQ codebook stays randomly initialised")
+    if missing or unexpected:
+        parts = ([f"missing keys: {_short(missing)}"] if missing else []) + \
+                ([f"unexpected keys: {_short(unexpected)}"] if unexpected else [])
+        raise ValueError("original checkpoint: " + "; ".join(parts))
+    shapes = [p + k for p, t in targets.items() for k, v in loaded[p].items() if v.shape != t[k].shape]
+    if shapes:
+        raise ValueError(f"original checkpoint: shapes do not fit the config: {_short(shapes)}")
+    for prefix, attr in PREFIXES.items():
+        if prefix in targets:
+            getattr(pipe, attr).load_state_dict(loaded[prefix], strict=False)
+    return pipe.eval()
+
+
+# ------------------------------------------------------------------------------------------- files
+def export_original(pipe: Pipeline, path_ckpt: str | Path) -> tuple[Path, Path]:
+    """Write ``{"state_dict": ...}`` to ``path_ckpt`` and its original YAML next to it; returns both paths."""
+    path_ckpt = Path(path_ckpt)
+    path_yaml = path_ckpt.with_suffix(".yaml")
+    sd = {k: v.contiguous().cpu() for k, v in pipeline_to_original_state_dict(pipe).items()}
+    text = yaml.safe_dump(pipeline_config_to_original_config(pipe.cfg), sort_keys=False)
+    atomic_write(path_ckpt, lambda tmp: torch.save({"state_dict": sd}, tmp))
+    atomic_write(path_yaml, lambda tmp: Path(tmp).write_text(text))
+    return path_ckpt, path_yaml
+
+
+def load_original(ckpt_path: str | Path, yaml_path: str | Path | None = None, use_ema: bool = True) -> Pipeline:
+    """An original checkpoint and its YAML (default: the checkpoint's name with ``.yaml``) -> Pipeline."""
+    ckpt_path = Path(ckpt_path)
+    yaml_path = Path(yaml_path) if yaml_path is not None else ckpt_path.with_suffix(".yaml")
+    if not yaml_path.is_file():
+        raise FileNotFoundError(f"{yaml_path}: original config not found (pass --config)")
+    cfg = original_config_to_pipeline_config(load_yaml(yaml_path))
+    return original_state_dict_to_pipeline(load_state_dict_file(ckpt_path), cfg, use_ema=use_ema)
+
+
+def convert_file(src: str | Path, dst: str | Path, config: str | Path | None = None) -> list[Path]:
+    """The ``ldmkit convert`` command: ``pipeline.safetensors`` -> original ``.ckpt`` (+ ``.yaml``),
+    or an original checkpoint (+ YAML) -> ``pipeline.safetensors``. Returns the written paths."""
+    src, dst = Path(src), Path(dst)
+    if src.suffix == ".safetensors":
+        if dst.suffix != ".ckpt":
+            raise ValueError(f"{dst}: an original checkpoint must end in .ckpt")
+        return list(export_original(Pipeline.load(src), dst))
+    if dst.suffix != ".safetensors":
+        raise ValueError(f"{dst}: an ldmkit pipeline must end in .safetensors")
+    load_original(src, config).save(dst, {"converted_from": src.name})
+    return [dst]
