@@ -112,10 +112,8 @@ class Pipeline(nn.Module):
                        guidance_scale: float = 1.0, sampler: str = "ddim",
                        generator: torch.Generator | list[torch.Generator] | None = None,
                        callback=None, **options) -> torch.Tensor:
-        if cond is not None and guidance_scale != 1.0:
-            denoise_fn = cfg_denoise(self.model_fn, cond, uncond, guidance_scale)
-        else:
-            denoise_fn = lambda x, t: self.model_fn(x, t, cond)  # noqa: E731
+        # unconditional models have nothing to guide: scale 1 is a single plain call
+        denoise_fn = cfg_denoise(self.model_fn, cond, uncond, guidance_scale if cond is not None else 1.0)
         return get_sampler(sampler)(denoise_fn, noise, self.schedule, steps=steps, generator=generator,
                                     callback=callback, **options)
 

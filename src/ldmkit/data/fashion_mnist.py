@@ -160,6 +160,7 @@ class FashionMNIST(Dataset):
         self.flip = cfg.flip and split == "train"
         self.generator = generator
         self.skipped = 0
+        self._images_cache: torch.Tensor | None = None
         paths = find_split(split, cfg.root)
         if paths is None and cfg.download:
             download(base_url=base_url, checksums=checksums)
@@ -205,12 +206,15 @@ class FashionMNIST(Dataset):
 
         Training loops index this directly to avoid per-item Python overhead. With
         channels=3 the result is a stride-0 ``expand`` of one channel: indexing it yields
-        ordinary tensors while the split costs a third of the memory.
+        ordinary tensors while the split costs a third of the memory. Computed once and kept:
+        the batch stream, the latent cache and the scale estimate all read it.
         """
-        chunks = [self._preprocess(self.images[i: i + batch]) for i in range(0, len(self), batch)]
-        size = self.cfg.image_size
-        x = torch.cat(chunks) if chunks else torch.empty(0, 1, size, size)
-        return x.expand(-1, self.cfg.channels, -1, -1)
+        if self._images_cache is None:
+            chunks = [self._preprocess(self.images[i: i + batch]) for i in range(0, len(self), batch)]
+            size = self.cfg.image_size
+            x = torch.cat(chunks) if chunks else torch.empty(0, 1, size, size)
+            self._images_cache = x.expand(-1, self.cfg.channels, -1, -1)
+        return self._images_cache
 
     def labels_tensor(self) -> torch.Tensor:
         """All labels, (N,) int64."""

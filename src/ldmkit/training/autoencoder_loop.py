@@ -11,7 +11,7 @@ from ..config import require, to_dict
 from ..data import DataConfig, build_dataset
 from ..imageio import save_grid
 from ..weights import save_release
-from .checkpoint import load_training_state, save_training_state
+from .checkpoint import Checkpointer
 from .config import TrainConfig, autocast, lr_factor
 from .logger import RunLogger
 from .run import TimeBudget, set_lr, start_run
@@ -72,12 +72,8 @@ def train_autoencoder(cfg: AutoencoderRunConfig, resume: bool = True) -> Path:
     gen = torch.Generator(device=device).manual_seed(tc.seed)  # posterior sampling
 
     stateful = {"model": model, "loss": loss_fn, "opt_ae": opt_ae, "opt_d": opt_d, "stream": stream}
-    step, ckpt_path = 0, out / "checkpoint.pt"
-    if resume and ckpt_path.exists():
-        step = load_training_state(ckpt_path, stateful, gen, device)
-
-    def checkpoint() -> None:
-        save_training_state(ckpt_path, stateful, gen, step, to_dict(cfg))
+    ckpt = Checkpointer(out / "checkpoint.pt", stateful, gen, device, to_dict(cfg))
+    step = ckpt.restore() if resume else 0
 
     fixed = _first_images(test_set, 16).to(device)
     log = RunLogger(out, tc.steps, step)
@@ -112,12 +108,12 @@ def train_autoencoder(cfg: AutoencoderRunConfig, resume: bool = True) -> Path:
         if step % tc.sample_every == 0:
             _save_reconstructions(model, fixed, out / "samples" / f"recon_{step:07d}.png")
         if step % tc.ckpt_every == 0:
-            checkpoint()
+            ckpt.save(step)
         if budget.spent():
             log.write(f"time budget of {tc.max_minutes} min spent at step {step}")
             break
     log.close()
-    checkpoint()
+    ckpt.save(step)
     model.eval()
     _save_reconstructions(model, fixed, out / "samples" / "recon_final.png")
     scale = estimate_scale_factor(model, _first_images(train_set, cfg.scale_samples).to(device), seed=tc.seed)

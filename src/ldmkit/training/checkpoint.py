@@ -69,3 +69,20 @@ def load_training_state(path: Path, stateful: dict[str, Any], generator: torch.G
     generator.set_state(state["generator"].cpu())  # generator states are CPU byte tensors on every device
     set_rng_state(state["rng"])
     return int(state["step"])
+
+
+class Checkpointer:
+    """The run's ``checkpoint.pt``: what the loops save every ``ckpt_every`` steps and resume from."""
+
+    def __init__(self, path: Path, stateful: dict[str, Any], generator: torch.Generator, device: torch.device,
+                 config: dict[str, Any]):
+        self.path, self.stateful, self.generator, self.device, self.config = Path(path), stateful, generator, device, config
+
+    def restore(self) -> int:
+        """The step to continue from: 0 without a checkpoint."""
+        if not self.path.exists():
+            return 0
+        return load_training_state(self.path, self.stateful, self.generator, self.device)
+
+    def save(self, step: int) -> None:
+        save_training_state(self.path, self.stateful, self.generator, step, self.config)

@@ -18,7 +18,7 @@ from ..imageio import save_grid
 from ..nn import ConditionerConfig, UNetConfig
 from ..pipeline import Pipeline, PipelineConfig
 from ..weights import file_digest, load_release, save_release
-from .checkpoint import load_training_state, save_training_state
+from .checkpoint import Checkpointer
 from .config import TrainConfig, autocast, lr_factor
 from .ema import EMA
 from .logger import RunLogger
@@ -133,12 +133,8 @@ def train_ldm(cfg: LDMRunConfig, resume: bool = True) -> Path:
     gen = torch.Generator(device=device).manual_seed(tc.seed + 1)
 
     stateful = {"model": denoiser, "ema": ema, "opt": opt, "stream": stream}
-    step, ckpt_path = 0, out / "checkpoint.pt"
-    if resume and ckpt_path.exists():
-        step = load_training_state(ckpt_path, stateful, gen, device)
-
-    def checkpoint() -> None:
-        save_training_state(ckpt_path, stateful, gen, step, to_dict(cfg))
+    ckpt = Checkpointer(out / "checkpoint.pt", stateful, gen, device, to_dict(cfg))
+    step = ckpt.restore() if resume else 0
 
     log = RunLogger(out, tc.steps, step)
     budget = TimeBudget(tc.max_minutes)
@@ -170,25 +166,28 @@ def train_ldm(cfg: LDMRunConfig, resume: bool = True) -> Path:
         if step % tc.sample_every == 0:
             _save_samples(pipe, ema.model, tc, out / "samples" / f"samples_{step:07d}.png")
         if step % tc.ckpt_every == 0:
-            checkpoint()
+            ckpt.save(step)
         if budget.spent():
             log.write(f"time budget of {tc.max_minutes} min spent at step {step}")
             break
     log.close()
-    checkpoint()
+    ckpt.save(step)
     release = out / "pipeline.safetensors"
-    ema_pipe = Pipeline(pipe.cfg, autoencoder=pipe.autoencoder, unet=ema.model["unet"],
-                        conditioner=ema.model["conditioner"] if "conditioner" in ema.model else None)
-    ema_pipe.save(release, {"train_steps": step, "data": to_dict(cfg.data)})
+    _ema_pipeline(pipe, ema.model).save(release, {"train_steps": step, "data": to_dict(cfg.data)})
     _save_samples(pipe, ema.model, tc, out / "samples" / "samples_final.png")
     return release
+
+
+def _ema_pipeline(pipe: Pipeline, ema_model: nn.ModuleDict) -> Pipeline:
+    """The same pipeline with the EMA denoiser (what samples and the release use)."""
+    return Pipeline(pipe.cfg, autoencoder=pipe.autoencoder, unet=ema_model["unet"],
+                    conditioner=ema_model["conditioner"] if "conditioner" in ema_model else None)
 
 
 @torch.no_grad()
 def _save_samples(pipe: Pipeline, ema_model: nn.ModuleDict, tc: LDMTrainConfig, path: Path) -> None:
     """A grid from the EMA weights: one row per class (up to 10) for class-conditional models."""
-    view = Pipeline(pipe.cfg, autoencoder=pipe.autoencoder, unet=ema_model["unet"],
-                    conditioner=ema_model["conditioner"] if "conditioner" in ema_model else None)
+    view = _ema_pipeline(pipe, ema_model)
     if view.conditioner is not None:
         k = min(10, pipe.cfg.conditioner.num_classes)
         labels = [c for c in range(k) for _ in range(8)]
