@@ -3,7 +3,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.ldmkit-installed
 
-.PHONY: demo test env data clean
+.PHONY: demo test env data data-emoji clean
 
 $(PY):
 	python3 -m venv $(VENV)
@@ -23,6 +23,21 @@ data:
 	  SUDO=$$(command -v sudo >/dev/null && [ "$$(id -u)" != 0 ] && echo sudo); \
 	  $$SUDO apt-get update -qq && $$SUDO apt-get install -y -qq dataset-fashion-mnist >/dev/null; \
 	fi
+
+# Emoji (npm emoji-datasource-google: 64x64 PNGs + names) into the user cache, where
+# ldmkit.data.emoji looks by default. Unpacked beside the target and renamed into place,
+# so an interrupted run never leaves a half-extracted package that looks complete.
+EMOJI_VERSION ?= 16.0.0
+data-emoji:
+	@dest="$${XDG_CACHE_HOME:-$$HOME/.cache}/ldmkit/emoji"; \
+	if [ ! -f "$$dest/package/emoji.json" ] || [ ! -d "$$dest/package/img/google/64" ]; then \
+	  command -v npm >/dev/null || { echo "data-emoji: npm not found (install Node.js / npm)"; exit 1; }; \
+	  mkdir -p "$$dest" && tmp=$$(mktemp -d "$$dest/.unpack.XXXXXX") && \
+	  (cd "$$tmp" && npm pack --silent emoji-datasource-google@$(EMOJI_VERSION) >/dev/null && \
+	   tar xzf emoji-datasource-google-$(EMOJI_VERSION).tgz) && \
+	  rm -rf "$$dest/package" && mv "$$tmp/package" "$$dest/package" && rm -rf "$$tmp" || \
+	  { rm -rf "$$tmp"; echo "data-emoji: npm pack emoji-datasource-google@$(EMOJI_VERSION) failed"; exit 1; }; \
+	fi; echo "emoji data: $$dest/package"
 
 demo: env data
 	$(PY) -m ldmkit demo

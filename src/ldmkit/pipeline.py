@@ -1,7 +1,9 @@
-"""The thin composition of the paper: autoencoder + conditioner + UNet + noise schedule.
+"""The thin composition of the paper: autoencoder + conditioners + UNet + noise schedule.
 
 No training code lives here. ``Pipeline`` encodes / decodes latents (times / over
-``scale_factor``), builds the conditioning, and samples with any registered sampler.
+``scale_factor``), builds the conditioning (a cross-attention ``context`` from a class,
+caption or layout, and / or a ``concat`` map from a semantic map, low-res or masked image),
+and samples with any registered sampler.
 """
 from __future__ import annotations
 
@@ -10,6 +12,7 @@ from pathlib import Path
 from typing import Any, Sequence
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from .autoencoder import Autoencoder, AutoencoderConfig
@@ -18,7 +21,12 @@ from .diffusion import Schedule, ScheduleConfig, cfg_denoise, get_sampler
 from .diffusion.noise import randn
 from .imageio import to_pil
 from .nn import ConditionerConfig, UNetConfig, UNetModel, build_conditioner
+from .nn.concat import ConcatConfig
+from .nn.spatial import SpatialRescaler, one_hot_map
+from .pipeline_inputs import CallInputs, gather_inputs
 from .weights import load_release, save_release
+
+PARTS = ("autoencoder", "unet", "conditioner", "spatial")  # prefixes of the tensors in a pipeline file
 
 
 @dataclass
@@ -29,30 +37,43 @@ class PipelineConfig:
     diffusion: ScheduleConfig = field(default_factory=ScheduleConfig)
     scale_factor: float = 1.0
     class_names: list[str] = field(default_factory=list)
+    concat: ConcatConfig = field(default_factory=ConcatConfig)
 
     @property
     def latent_shape(self) -> tuple[int, int, int]:
         return self.autoencoder.latent_shape
 
 
+def build_spatial(cfg: ConcatConfig) -> nn.Module | None:
+    """The trainable part of a concat condition: the semantic map's rescaler (others have none)."""
+    if cfg.kind != "semantic":
+        return None
+    return SpatialRescaler(n_stages=cfg.n_stages, method="bilinear", multiplier=0.5,
+                           in_channels=cfg.num_classes, out_channels=cfg.out_channels or None)
+
+
 class Pipeline(nn.Module):
-    """``pipe(class_labels=[...], num_inference_steps=50, guidance_scale=3.0, seeds=[...])`` -> PIL images."""
+    """``pipe(class_labels=[...] | prompt=[...] | boxes=... | segmentation=... | low_res=... | image=, mask=,
+    num_inference_steps=50, guidance_scale=3.0, seeds=[...])`` -> PIL images."""
 
     def __init__(self, cfg: PipelineConfig, autoencoder: Autoencoder | None = None,
-                 unet: UNetModel | None = None, conditioner: nn.Module | None = None):
+                 unet: UNetModel | None = None, conditioner: nn.Module | None = None,
+                 spatial: nn.Module | None = None):
         super().__init__()
         self.cfg = cfg
         self.autoencoder = (autoencoder or Autoencoder(cfg.autoencoder)).eval().requires_grad_(False)
         self.unet = unet or UNetModel(cfg.unet)
         self.conditioner = conditioner if conditioner is not None else build_conditioner(cfg.conditioner)
+        self.spatial = spatial if spatial is not None else build_spatial(cfg.concat)
         self.schedule = Schedule(cfg.diffusion)
 
     # ---------------------------------------------------------------- persistence
     def save(self, path: str | Path, extra: dict[str, Any] | None = None) -> None:
-        tensors = {f"autoencoder.{k}": v for k, v in self.autoencoder.state_dict().items()}
-        tensors |= {f"unet.{k}": v for k, v in self.unet.state_dict().items()}
-        if self.conditioner is not None:
-            tensors |= {f"conditioner.{k}": v for k, v in self.conditioner.state_dict().items()}
+        tensors = {}
+        for name in PARTS:
+            module = getattr(self, name)
+            if module is not None:
+                tensors |= {f"{name}.{k}": v for k, v in module.state_dict().items()}
         save_release(Path(path), tensors, {"kind": "pipeline", "config": to_dict(self.cfg), **(extra or {})})
 
     @classmethod
@@ -62,11 +83,10 @@ class Pipeline(nn.Module):
         if meta.get("kind") != "pipeline":
             raise ConfigError(f"{path}: not an ldmkit pipeline file (kind={meta.get('kind')!r})")
         pipe = cls(from_dict(PipelineConfig, meta["config"]))
-        for name, module in (("autoencoder", pipe.autoencoder), ("unet", pipe.unet), ("conditioner", pipe.conditioner)):
-            if module is None:
-                continue
-            sd = {k[len(name) + 1:]: v for k, v in tensors.items() if k.startswith(name + ".")}
-            module.load_state_dict(sd)
+        for name in PARTS:
+            module = getattr(pipe, name)
+            if module is not None:
+                module.load_state_dict({k[len(name) + 1:]: v for k, v in tensors.items() if k.startswith(name + ".")})
         return pipe.to(device).eval()
 
     @property
@@ -86,24 +106,56 @@ class Pipeline(nn.Module):
         return self.autoencoder.decode(z / self.cfg.scale_factor)
 
     # ---------------------------------------------------------------- conditioning
-    def condition(self, class_labels: torch.Tensor | None) -> dict[str, torch.Tensor] | None:
-        """Conditioner inputs -> the UNet's keyword inputs ({"context": (B, T, D)} for classes)."""
-        if self.conditioner is None:
-            return None
-        if class_labels is None:
-            raise ValueError("this pipeline is class-conditional: pass class_labels")
-        return {"context": self.conditioner(class_labels)}
+    @property
+    def input_key(self) -> str | None:
+        """The batch field the cross-attention conditioner reads ("label", "caption", "boxes"), if any."""
+        return None if self.conditioner is None else self.conditioner.input_key
 
-    def uncondition(self, batch: int) -> dict[str, torch.Tensor] | None:
+    def concat_condition(self, inputs: dict[str, torch.Tensor], latent_hw: tuple[int, int]) -> torch.Tensor:
+        """The map concatenated onto the latent: (B, concat channels, h, w)."""
+        kind, (h, w) = self.cfg.concat.kind, latent_hw
+        missing = [k for k in self.cfg.concat.input_keys if inputs.get(k) is None]
+        if missing:
+            raise ValueError(f"this pipeline is conditioned on a {kind} map: pass {', '.join(missing)}")
+        if kind == "semantic":
+            out = self.spatial(one_hot_map(inputs["segmentation"], self.cfg.concat.num_classes))
+        elif kind == "low_res":
+            out = inputs["low_res"]
+        else:  # inpaint: [mask, latent of the masked image], as SD-inpainting
+            z = self.encode_latents(inputs["masked_image"], sample=False)
+            out = torch.cat([F.interpolate(inputs["mask"].float(), size=z.shape[-2:], mode="nearest"), z], dim=1)
+        if out.shape[-2:] != (h, w):  # e.g. a low-res image that is not exactly latent-sized
+            out = F.interpolate(out, size=(h, w), mode="bilinear", align_corners=False)
+        return out
+
+    def condition(self, values: Any = None, concat_inputs: dict[str, torch.Tensor] | None = None,
+                  latent_hw: tuple[int, int] | None = None) -> dict[str, torch.Tensor] | None:
+        """Conditioner inputs -> the UNet's keyword inputs: {"context": (B, T, D), "concat": (B, C, h, w)}."""
+        cond = {}
+        if self.conditioner is not None:
+            if values is None:
+                raise ValueError(f"this pipeline is conditioned on {self.input_key!r}: pass it")
+            cond["context"] = self.conditioner(values)
+        if self.cfg.concat.kind != "none":
+            cond["concat"] = self.concat_condition(concat_inputs or {}, latent_hw or self.cfg.latent_shape[1:])
+        return cond or None
+
+    def uncondition(self, n: int, cond: dict[str, torch.Tensor] | None = None,
+                    negative: Any = None) -> dict[str, torch.Tensor] | None:
+        """The guidance baseline: the null (or negative) context; a concat map is kept (it is not guided)."""
         if self.conditioner is None:
             return None
-        return {"context": self.conditioner(self.conditioner.unconditional(batch, self.device))}
+        values = negative if negative is not None else self.conditioner.null(n, self.device)
+        out = {"context": self.conditioner(values)}
+        if cond is not None and "concat" in cond:
+            out["concat"] = cond["concat"]
+        return out
 
     def model_fn(self, x: torch.Tensor, t: torch.Tensor, cond: dict[str, torch.Tensor] | None) -> torch.Tensor:
         """The UNet with conditioning routed: ``concat`` joins the input channels, ``context`` goes to cross-attention."""
         cond = cond or {}
         if "concat" in cond:
-            x = torch.cat([x, cond["concat"]], dim=1)
+            x = torch.cat([x, cond["concat"].to(x.dtype)], dim=1)  # (B, c + concat, h, w)
         return self.unet(x, t, context=cond.get("context"), y=cond.get("y"))
 
     # ---------------------------------------------------------------- sampling
@@ -112,31 +164,51 @@ class Pipeline(nn.Module):
                        guidance_scale: float = 1.0, sampler: str = "ddim",
                        generator: torch.Generator | list[torch.Generator] | None = None,
                        callback=None, **options) -> torch.Tensor:
-        # unconditional models have nothing to guide: scale 1 is a single plain call
-        denoise_fn = cfg_denoise(self.model_fn, cond, uncond, guidance_scale if cond is not None else 1.0)
+        # nothing to guide without a context conditioner: scale 1 is a single plain call
+        scale = guidance_scale if uncond is not None else 1.0
+        denoise_fn = cfg_denoise(self.model_fn, cond, uncond, scale)
         return get_sampler(sampler)(denoise_fn, noise, self.schedule, steps=steps, generator=generator,
                                     callback=callback, **options)
 
+    def latent_size(self, inputs: CallInputs, height: int | None, width: int | None) -> tuple[int, int]:
+        """Latent (h, w): from a spatial condition's size (convolutional sampling), else height / width."""
+        f = self.cfg.autoencoder.downsample_factor
+        if inputs.image_hw is not None:
+            height, width = inputs.image_hw
+        height = height or self.cfg.autoencoder.resolution
+        width = width or height
+        if height % f or width % f:
+            raise ValueError(f"image size {height}x{width} is not divisible by the first stage's factor {f}")
+        return height // f, width // f
+
     @torch.no_grad()
-    def __call__(self, class_labels: Sequence[int] | torch.Tensor | None = None, num_images: int | None = None,
-                 num_inference_steps: int = 50, guidance_scale: float = 3.0, sampler: str = "ddim",
-                 generator: torch.Generator | None = None, seeds: Sequence[int] | None = None,
-                 output_type: str = "pil", **options) -> list | torch.Tensor:
-        """Sample images. ``seeds`` gives image k its own generator, so it can be regenerated alone."""
-        n = len(class_labels) if class_labels is not None else (len(seeds) if seeds is not None else (num_images or 1))
+    def __call__(self, class_labels: Sequence[int] | torch.Tensor | None = None, *, prompt=None, negative_prompt=None,
+                 boxes=None, segmentation=None, low_res=None, image=None, mask=None, num_images: int | None = None,
+                 height: int | None = None, width: int | None = None, num_inference_steps: int = 50,
+                 guidance_scale: float = 3.0, sampler: str = "ddim", generator: torch.Generator | None = None,
+                 seeds: Sequence[int] | None = None, output_type: str = "pil", **options) -> list | torch.Tensor:
+        """Sample images. ``seeds`` gives image k its own generator, so it can be regenerated alone.
+
+        Spatial conditions set the output size (a low-res image of side s gives s * factor), so
+        super-resolution and semantic synthesis run beyond the training size (convolutional sampling).
+        """
         dev = self.device
+        inputs = gather_inputs(self.cfg, dev, class_labels=class_labels, prompt=prompt,
+                               negative_prompt=negative_prompt, boxes=boxes, segmentation=segmentation,
+                               low_res=low_res, image=image, mask=mask, num_images=num_images, seeds=seeds)
+        n = inputs.n
         if seeds is not None:
-            if len(seeds) != n:
-                raise ValueError(f"got {len(seeds)} seeds for {n} images")
             generator = [torch.Generator().manual_seed(int(s)) for s in seeds]
-        noise = randn((n, *self.cfg.latent_shape), generator, device=dev)
-        labels = None if class_labels is None else torch.as_tensor(class_labels, dtype=torch.long, device=dev)
-        cond = self.condition(labels)
-        uncond = self.uncondition(n) if cond is not None else None
+        h, w = self.latent_size(inputs, height, width)
+        noise = randn((n, self.cfg.latent_shape[0], h, w), generator, device=dev)
+        cond = self.condition(inputs.values, inputs.concat, (h, w))
+        uncond = self.uncondition(n, cond, inputs.negative) if self.conditioner is not None else None
         z = self.sample_latents(cond, uncond, noise, steps=num_inference_steps, guidance_scale=guidance_scale,
                                 sampler=sampler, generator=generator, **options)
         images = self.decode_latents(z).clamp(-1, 1)
+        if self.cfg.concat.kind == "inpaint" and self.cfg.concat.paste_known:
+            known = inputs.concat["masked_image"]
+            images = inputs.concat["mask"] * images + (1 - inputs.concat["mask"]) * known
         if output_type == "pt":
             return images
         return [to_pil(x) for x in images]
-

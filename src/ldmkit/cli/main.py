@@ -33,7 +33,16 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("checkpoint", help="pipeline.safetensors")
     p.add_argument("--class", dest="classes", action="append", default=None,
                    help="class index or name (repeatable, or comma-separated)")
-    p.add_argument("--n", type=int, default=8, help="images per class (or in all, for unconditional models)")
+    p.add_argument("--n", type=int, default=8, help="images per class or per condition (or in all, when unconditional)")
+    p.add_argument("--prompt", action="append", default=None, help="caption (repeatable), text-to-image models")
+    p.add_argument("--negative-prompt", default=None, help="caption to guide away from (replaces the empty caption)")
+    p.add_argument("--boxes", default=None,
+                   help='layout as JSON: [[class, x0, y0, x1, y1], ...] (class id or name, corners in [0, 1])')
+    p.add_argument("--segmentation", default=None, help="semantic map PNG (pixel value = class id)")
+    p.add_argument("--low-res", default=None, help="low-resolution image PNG to upscale (super-resolution)")
+    p.add_argument("--image", default=None, help="image PNG to inpaint (with --mask)")
+    p.add_argument("--mask", default=None, help="mask PNG: white = region to fill")
+    p.add_argument("--size", type=int, default=None, help="output side in pixels (default: the training size)")
     p.add_argument("--steps", type=int, default=50)
     p.add_argument("--sampler", default="ddim")
     p.add_argument("--eta", type=float, default=0.0, help="DDIM eta (0 = deterministic)")

@@ -5,10 +5,12 @@ import argparse
 import json
 from pathlib import Path
 
+import numpy as np
 import torch
+from PIL import Image
 
 from ..device import resolve_device
-from ..imageio import save_grid, save_png
+from ..imageio import from_pil, save_grid, save_png
 from ..pipeline import Pipeline
 
 
@@ -29,32 +31,101 @@ def parse_classes(values: list[str] | None, names: list[str], num_classes: int) 
     return out
 
 
+def read_boxes(text: str, names: list[str]) -> list[list[float]]:
+    """``[[class, x0, y0, x1, y1], ...]`` (class: 1-based id as in the data, or a class name) -> rows."""
+    try:
+        rows = json.loads(text)
+        assert isinstance(rows, list) and all(isinstance(r, list) and len(r) == 5 for r in rows)
+    except (json.JSONDecodeError, AssertionError):
+        raise ValueError(f"--boxes {text!r}: expected JSON [[class, x0, y0, x1, y1], ...]") from None
+    lowered = [n.lower() for n in names]
+    out = []
+    for cls, *box in rows:
+        if isinstance(cls, str):
+            if cls.lower() not in lowered:
+                raise ValueError(f"--boxes: unknown class {cls!r} (known: {', '.join(names)})")
+            cls = lowered.index(cls.lower()) + 1
+        if not all(0.0 <= float(v) <= 1.0 for v in box) or box[0] >= box[2] or box[1] >= box[3]:
+            raise ValueError(f"--boxes: box {box} must have 0 <= x0 < x1 <= 1 and 0 <= y0 < y1 <= 1")
+        out.append([float(cls), *map(float, box)])
+    return out
+
+
+def read_png(path: str, flag: str, channels: int | None = None) -> torch.Tensor:
+    """A PNG as (C, H, W) in [-1, 1], or as an integer map (H, W) when ``channels`` is None."""
+    if not Path(path).is_file():
+        raise FileNotFoundError(f"{flag} {path}: file not found")
+    try:
+        img = Image.open(path)
+        img.load()
+    except OSError as e:
+        raise ValueError(f"{flag} {path}: not a readable image ({e})") from None
+    if channels is None:  # class ids are the pixel values of a grey (L) or palette (P) image
+        return torch.from_numpy(np.asarray(img if img.mode in ("L", "P") else img.convert("L"), dtype=np.int64).copy())
+    return from_pil(img, channels)
+
+
+def condition_inputs(args: argparse.Namespace, pipe) -> list[dict]:
+    """One dict of ``Pipeline.__call__`` inputs per image: every given condition, ``--n`` times."""
+    cond, concat, names = pipe.cfg.conditioner, pipe.cfg.concat, pipe.cfg.class_names
+    per: list[dict] = [{}]
+    if cond.kind == "class":
+        classes = parse_classes(args.classes, names, cond.num_classes) or list(range(cond.num_classes))
+        per = [{"class_labels": c} for c in classes]
+    elif args.classes:
+        raise ValueError("--class given, but this model is not class-conditional")
+    if cond.kind in ("text", "text_frozen"):
+        if not args.prompt:
+            raise ValueError("this is a text-to-image model: pass --prompt TEXT")
+        per = [{"prompt": p} for p in args.prompt]
+    if cond.kind == "layout":
+        if not args.boxes:
+            raise ValueError("this is a layout-to-image model: pass --boxes JSON")
+        per = [{"boxes": torch.tensor(read_boxes(args.boxes, names))}]
+    channels = pipe.cfg.autoencoder.in_channels
+    spatial = {"segmentation": args.segmentation and read_png(args.segmentation, "--segmentation"),
+               "low_res": args.low_res and read_png(args.low_res, "--low-res", channels),
+               "image": args.image and read_png(args.image, "--image", channels),
+               "mask": args.mask and (read_png(args.mask, "--mask", 1) > 0).float()}
+    spatial = {k: v for k, v in spatial.items() if v is not None}
+    items = [p | spatial for p in per for _ in range(args.n)]
+    if args.negative_prompt:
+        items = [i | {"negative_prompt": args.negative_prompt} for i in items]
+    return items
+
+
+def _stack(items: list[dict]) -> dict:
+    out = {}
+    for k in items[0]:
+        vals = [i[k] for i in items]
+        out[k] = torch.stack(vals) if isinstance(vals[0], torch.Tensor) else vals
+    return out
+
+
 def sample_command(args: argparse.Namespace) -> None:
     pipe = Pipeline.load(args.checkpoint, device=resolve_device(args.device))
-    cond = pipe.cfg.conditioner
-    if cond.kind == "class":
-        classes = parse_classes(args.classes, pipe.cfg.class_names, cond.num_classes) or list(range(cond.num_classes))
-        labels = [c for c in classes for _ in range(args.n)]
-    else:
-        if args.classes:
-            raise ValueError("--class given, but this model is unconditional")
-        labels = [None] * args.n
+    items = condition_inputs(args, pipe)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     settings = {"checkpoint": str(args.checkpoint), "sampler": args.sampler, "steps": args.steps,
                 "eta": args.eta, "guidance": args.guidance}
     options = {"eta": args.eta} if args.sampler == "ddim" else {}
     images = []
-    for start in range(0, len(labels), args.batch_size):
-        chunk = labels[start:start + args.batch_size]
+    for start in range(0, len(items), args.batch_size):
+        chunk = items[start:start + args.batch_size]
         seeds = [args.seed + start + k for k in range(len(chunk))]
-        x = pipe(class_labels=None if chunk[0] is None else chunk, num_inference_steps=args.steps,
-                 guidance_scale=args.guidance, sampler=args.sampler, seeds=seeds, output_type="pt", **options)
-        for k, (img, seed, label) in enumerate(zip(x, seeds, chunk)):
+        x = pipe(**_stack(chunk), num_inference_steps=args.steps, guidance_scale=args.guidance, sampler=args.sampler,
+                 seeds=seeds, height=args.size, width=args.size, output_type="pt", **options)
+        for k, (img, seed, item) in enumerate(zip(x, seeds, chunk)):
             meta = settings | {"seed": seed}
-            if label is not None:
+            if "class_labels" in item:
+                label = item["class_labels"]
                 meta |= {"class": label, "class_name": (pipe.cfg.class_names or [""] * (label + 1))[label]}
+            if "prompt" in item:
+                meta |= {"prompt": item["prompt"], "negative_prompt": args.negative_prompt}
+            if "boxes" in item:
+                meta |= {"boxes": item["boxes"].tolist()}
             save_png(img, out / f"{start + k:05d}_seed{seed}.png", {"ldmkit": json.dumps(meta)})
         images.append(x.cpu())
-    save_grid(torch.cat(images), out / "grid.png", nrow=args.n if cond.kind == "class" else None)
-    print(f"{len(labels)} images and grid.png in {out}")
+    save_grid(torch.cat(images), out / "grid.png", nrow=args.n if len(items) > args.n else None)
+    print(f"{len(items)} images and grid.png in {out}")

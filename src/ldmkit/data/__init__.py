@@ -1,7 +1,9 @@
-"""Data sets for ldmkit: Fashion-MNIST, a folder of images, procedural shapes.
+"""Data sets for ldmkit: Fashion-MNIST, a folder of images, procedural shapes, emoji, photo crops.
 
 Every item is a dict with ``image`` (float32 (C, H, W) in [-1, 1]) plus whatever
 conditioning the source has (``label``, ``caption``, ``boxes``, ``segmentation``).
+Wrappers add task inputs: MaskedDataset (``mask``, ``masked_image``) for inpainting,
+LowResDataset (``low_res``) for super-resolution.
 """
 from __future__ import annotations
 
@@ -13,8 +15,12 @@ from ldmkit.config import ConfigError
 
 from .collate import collate
 from .config import DataConfig, DataError, DataNotFoundError
+from .degradation import LowResDataset, bicubic_downsample, bsr_degrade
+from .emoji import Emoji
 from .fashion_mnist import FashionMNIST
 from .image_folder import ImageFolder
+from .masks import MaskedDataset, generate_mask
+from .photos import Photos
 from .shapes import PALETTE, SHAPES, ShapeObject, Shapes, describe
 
 
@@ -26,10 +32,15 @@ def build_dataset(cfg: DataConfig, split: Literal["train", "test"]) -> Dataset:
         return FashionMNIST(cfg, split)
     if cfg.name == "image_folder":
         return ImageFolder(cfg, split)
+    if cfg.name == "emoji":
+        return Emoji(cfg, split)
+    if cfg.name == "photos":
+        return Photos(cfg, split)
     return Shapes(cfg, split)
 
 
 __all__ = [
     "DataConfig", "DataError", "DataNotFoundError", "build_dataset", "collate",
     "FashionMNIST", "ImageFolder", "Shapes", "ShapeObject", "PALETTE", "SHAPES", "describe",
+    "Emoji", "Photos", "MaskedDataset", "generate_mask", "LowResDataset", "bicubic_downsample", "bsr_degrade",
 ]

@@ -15,6 +15,9 @@ class DataNotFoundError(DataError, FileNotFoundError):
     """The data set is not on disk; also a FileNotFoundError so callers can catch it as such."""
 
 
+NAMES = ("fashion_mnist", "image_folder", "shapes", "emoji", "photos")
+
+
 @dataclass
 class DataConfig:
     """Which data set to load and how to preprocess it.
@@ -23,19 +26,20 @@ class DataConfig:
     overrides simple; fields a source does not use are ignored by it.
     """
 
-    name: Literal["fashion_mnist", "image_folder", "shapes"] = "shapes"
-    root: str | None = None  # folder for image_folder; IDX folder for fashion_mnist (optional)
+    name: Literal["fashion_mnist", "image_folder", "shapes", "emoji", "photos"] = "shapes"
+    # folder for image_folder; IDX folder for fashion_mnist, npm "package" folder for emoji (optional)
+    root: str | None = None
     image_size: int = 32
     channels: int = 3  # 1 (grayscale) or 3
     flip: bool = False  # random horizontal flip (train only)
-    shapes_size: int = 10000  # procedural images per train split (test: shapes_size // 10)
+    # items per train split of the procedural sets, shapes and photos (test: shapes_size // 10)
+    shapes_size: int = 10000
     max_objects: int = 2
     seed: int = 0
     download: bool = False  # fashion_mnist: allow downloading the official files into the cache
 
     def __post_init__(self) -> None:
-        require(self.name in ("fashion_mnist", "image_folder", "shapes"), "name",
-                f"expected one of fashion_mnist, image_folder, shapes, got {self.name!r}")
+        require(self.name in NAMES, "name", f"expected one of {', '.join(NAMES)}, got {self.name!r}")
         require(self.channels in (1, 3), "channels", f"must be 1 or 3, got {self.channels}")
         require(self.image_size >= 8, "image_size", f"must be >= 8, got {self.image_size}")
         require(self.max_objects >= 1, "max_objects", f"must be >= 1, got {self.max_objects}")

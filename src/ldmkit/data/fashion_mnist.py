@@ -219,3 +219,7 @@ class FashionMNIST(Dataset):
     def labels_tensor(self) -> torch.Tensor:
         """All labels, (N,) int64."""
         return self.labels
+
+    def tensors(self) -> dict[str, torch.Tensor]:
+        """Every field of the split as whole tensors (image, label), for the training stream's fast path."""
+        return {"image": self.images_tensor(), "label": self.labels_tensor()}

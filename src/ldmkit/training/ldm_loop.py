@@ -12,11 +12,13 @@ from torch import nn
 
 from ..autoencoder import load_autoencoder
 from ..config import ConfigError, require, to_dict
-from ..data import DataConfig, build_dataset
+from ..data import DataConfig, build_dataset, collate
 from ..diffusion import ScheduleConfig, diffusion_loss
 from ..imageio import save_grid
 from ..nn import ConditionerConfig, UNetConfig
+from ..nn.concat import ConcatConfig
 from ..pipeline import Pipeline, PipelineConfig
+from ..pipeline_inputs import batch_conditioning, gather_inputs
 from ..weights import file_digest, load_release, save_release
 from .checkpoint import Checkpointer
 from .config import TrainConfig, autocast, lr_factor
@@ -24,6 +26,9 @@ from .ema import EMA
 from .logger import RunLogger
 from .run import TimeBudget, set_lr, start_run
 from .stream import BatchStream
+
+
+DENOISER_PARTS = ("unet", "conditioner", "spatial")  # what trains (and gets an EMA); the first stage is frozen
 
 
 @dataclass
@@ -49,6 +54,7 @@ class LDMRunConfig:
     first_stage: str = ""               # path to an autoencoder.safetensors release
     unet: UNetConfig = field(default_factory=UNetConfig)
     conditioner: ConditionerConfig = field(default_factory=ConditionerConfig)
+    concat: ConcatConfig = field(default_factory=ConcatConfig)
     diffusion: ScheduleConfig = field(default_factory=ScheduleConfig)
     train: LDMTrainConfig = field(default_factory=lambda: LDMTrainConfig(out_dir="runs/ldm"))
 
@@ -68,11 +74,15 @@ def _check_first_stage(cfg: LDMRunConfig) -> Path:
 
 def build_pipeline(cfg: LDMRunConfig, class_names: list[str]) -> Pipeline:
     ae, ae_cfg, scale = load_autoencoder(_check_first_stage(cfg))
-    require(ae_cfg.embed_dim == cfg.unet.in_channels, "unet.in_channels",
-            f"must equal the first stage's latent channels ({ae_cfg.embed_dim}), got {cfg.unet.in_channels}")
+    extra = cfg.concat.channels(ae_cfg.embed_dim, cfg.data.channels)
+    require(ae_cfg.embed_dim + extra == cfg.unet.in_channels, "unet.in_channels",
+            f"must equal the first stage's latent channels ({ae_cfg.embed_dim})"
+            + (f" + the {cfg.concat.kind} condition's {extra}" if extra else "") + f", got {cfg.unet.in_channels}")
+    require(ae_cfg.embed_dim == cfg.unet.out_channels, "unet.out_channels",
+            f"must equal the first stage's latent channels ({ae_cfg.embed_dim}), got {cfg.unet.out_channels}")
     require(ae_cfg.resolution == cfg.data.image_size, "data.image_size",
             f"must equal the first stage's resolution ({ae_cfg.resolution}), got {cfg.data.image_size}")
-    pcfg = PipelineConfig(ae_cfg, cfg.unet, cfg.conditioner, cfg.diffusion, scale, class_names)
+    pcfg = PipelineConfig(ae_cfg, cfg.unet, cfg.conditioner, cfg.diffusion, scale, class_names, cfg.concat)
     return Pipeline(pcfg, autoencoder=ae)
 
 
@@ -125,11 +135,12 @@ def train_ldm(cfg: LDMRunConfig, resume: bool = True) -> Path:
         raise ConfigError(f"conditioner.num_classes: {cfg.conditioner.num_classes} but the data set has "
                           f"{dataset.num_classes} classes")
     pipe.to(device)
-    denoiser = nn.ModuleDict({"unet": pipe.unet} | ({"conditioner": pipe.conditioner} if pipe.conditioner else {}))
+    denoiser = nn.ModuleDict({k: getattr(pipe, k) for k in DENOISER_PARTS if getattr(pipe, k) is not None})
     opt = torch.optim.AdamW(denoiser.parameters(), lr=tc.lr, weight_decay=tc.weight_decay)
     ema = EMA(denoiser, tc.ema_decay)
     stream = BatchStream(dataset, tc.batch_size, tc.seed, tc.num_workers)
     source = _LatentSource(pipe, dataset, cfg, device)
+    preview = _preview_batch(dataset, cfg)
     gen = torch.Generator(device=device).manual_seed(tc.seed + 1)
 
     stateful = {"model": denoiser, "ema": ema, "opt": opt, "stream": stream}
@@ -145,10 +156,11 @@ def train_ldm(cfg: LDMRunConfig, resume: bool = True) -> Path:
         lr = tc.lr * lr_factor(step, tc)
         set_lr((opt,), lr)
         z0 = source.latents(batch, gen)  # (B, c, h, w)
-        cond = None
+        inputs = gather_inputs(pipe.cfg, device, **batch_conditioning(pipe.cfg, batch, gen))
+        values = inputs.values
         if pipe.conditioner is not None:
-            labels = pipe.conditioner.drop(batch["label"].to(device), tc.p_uncond, generator=gen)
-            cond = pipe.condition(labels)
+            values = pipe.conditioner.drop(values, tc.p_uncond, generator=gen)
+        cond = pipe.condition(values, inputs.concat, tuple(z0.shape[-2:]))
         with autocast(device, tc.precision):
             loss_per, _ = diffusion_loss(pipe.schedule, lambda x, t: pipe.model_fn(x, t, cond), z0,
                                          generator=gen, loss_type=tc.loss_type, snr_gamma=tc.snr_gamma or None)
@@ -164,7 +176,7 @@ def train_ldm(cfg: LDMRunConfig, resume: bool = True) -> Path:
         if step % tc.log_every == 0 or step == tc.steps:
             log.log(step, {"loss": float(loss.detach()), "lr": lr}, tc.batch_size)
         if step % tc.sample_every == 0:
-            _save_samples(pipe, ema.model, tc, out / "samples" / f"samples_{step:07d}.png")
+            _save_samples(pipe, ema.model, tc, out / "samples" / f"samples_{step:07d}.png", preview)
         if step % tc.ckpt_every == 0:
             ckpt.save(step)
         if budget.spent():
@@ -174,25 +186,38 @@ def train_ldm(cfg: LDMRunConfig, resume: bool = True) -> Path:
     ckpt.save(step)
     release = out / "pipeline.safetensors"
     _ema_pipeline(pipe, ema.model).save(release, {"train_steps": step, "data": to_dict(cfg.data)})
-    _save_samples(pipe, ema.model, tc, out / "samples" / "samples_final.png")
+    _save_samples(pipe, ema.model, tc, out / "samples" / "samples_final.png", preview)
     return release
 
 
 def _ema_pipeline(pipe: Pipeline, ema_model: nn.ModuleDict) -> Pipeline:
     """The same pipeline with the EMA denoiser (what samples and the release use)."""
-    return Pipeline(pipe.cfg, autoencoder=pipe.autoencoder, unet=ema_model["unet"],
-                    conditioner=ema_model["conditioner"] if "conditioner" in ema_model else None)
+    return Pipeline(pipe.cfg, autoencoder=pipe.autoencoder,
+                    **{k: ema_model[k] if k in ema_model else None for k in DENOISER_PARTS})
 
 
 @torch.no_grad()
-def _save_samples(pipe: Pipeline, ema_model: nn.ModuleDict, tc: LDMTrainConfig, path: Path) -> None:
-    """A grid from the EMA weights: one row per class (up to 10) for class-conditional models."""
+def _save_samples(pipe: Pipeline, ema_model: nn.ModuleDict, tc: LDMTrainConfig, path: Path,
+                  preview: dict | None) -> None:
+    """A grid from the EMA weights: one row per class (up to 10) for class-conditional models; otherwise
+    samples for the conditioning of 8 fixed training items, above the items' own images."""
     view = _ema_pipeline(pipe, ema_model)
-    if view.conditioner is not None:
+    settings = dict(num_inference_steps=tc.sample_steps, guidance_scale=tc.guidance_scale, output_type="pt")
+    if pipe.cfg.conditioner.kind == "class" and pipe.cfg.concat.kind == "none":
         k = min(10, pipe.cfg.conditioner.num_classes)
         labels = [c for c in range(k) for _ in range(8)]
-        images = view(class_labels=labels, num_inference_steps=tc.sample_steps, guidance_scale=tc.guidance_scale,
-                      seeds=list(range(len(labels))), output_type="pt")
+        images = view(class_labels=labels, seeds=list(range(len(labels))), **settings)
+    elif preview is None:
+        images = view(num_images=16, seeds=list(range(16)), **settings)
     else:
-        images = view(num_images=16, num_inference_steps=tc.sample_steps, seeds=list(range(16)), output_type="pt")
+        kwargs = batch_conditioning(pipe.cfg, preview, torch.Generator().manual_seed(0))
+        n = len(preview["image"])
+        images = torch.cat([view(**kwargs, seeds=list(range(n)), **settings).cpu(), preview["image"].cpu()])
     save_grid(images, path, nrow=8)
+
+
+def _preview_batch(dataset, cfg: LDMRunConfig) -> dict | None:
+    """The first 8 training items, whose conditioning the sample grids show (None: unconditional)."""
+    if cfg.conditioner.kind in ("none", "class") and cfg.concat.kind == "none":
+        return None
+    return collate([dataset[i] for i in range(min(8, len(dataset)))])

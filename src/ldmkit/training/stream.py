@@ -25,12 +25,8 @@ class BatchStream:
         n = len(dataset)  # type: ignore[arg-type]
         if n < batch_size * world_size:
             raise ValueError(f"data set has {n} images, fewer than one global batch ({batch_size * world_size})")
-        # In-memory data sets hand over whole tensors: no per-item Python work in the hot loop.
-        self._tensors = None
-        if hasattr(dataset, "images_tensor"):
-            self._tensors = {"image": dataset.images_tensor()}
-            if getattr(dataset, "num_classes", 0):
-                self._tensors["label"] = dataset.labels_tensor()
+        # In-memory data sets hand over whole tensors of every field: no per-item Python work in the hot loop.
+        self._tensors = dataset.tensors() if hasattr(dataset, "tensors") else None
 
     def state_dict(self) -> dict[str, int]:
         return {"epoch": self.epoch, "index": self.index}
