@@ -85,3 +85,18 @@ def test_in_channels_must_count_the_concat_channels(tiny_ae, tmp_path):
                                                          "unet.in_channels=3"])
     with pytest.raises(ConfigError, match=r"unet.in_channels: must equal .* \+ the inpaint condition's 4, got 3"):
         train_ldm(cfg)
+
+
+@pytest.mark.parametrize("task", TASKS)
+def test_eval_task_reports_the_metric_beside_its_baseline(trained, task, tmp_path, capsys):
+    from ldmkit.cli.main import main
+
+    args = ["eval-task", str(trained[task]), "--n", "3", "--steps", "2", "--batch-size", "2", "--device", "cpu",
+            "--out", str(tmp_path)]
+    assert main(args) == 0, capsys.readouterr().err
+    import json
+    report = json.loads((tmp_path / "report.json").read_text())
+    expected = {"text": "real_images_accuracy", "layout": "real_images_mean_iou", "semantic": "real_images_miou",
+                "sr": "bicubic_psnr", "inpaint": "mean_fill_psnr_inside"}[task]
+    assert expected in report["metrics"], report["metrics"]
+    assert (tmp_path / "grid.png").is_file()

@@ -7,6 +7,7 @@ import os
 import sys
 
 from ..config import ConfigError
+from .convert import add_convert_parser, convert_command
 
 
 def _add_train(sub, name: str, help_text: str) -> None:
@@ -52,6 +53,38 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--device", default="auto")
     p.add_argument("--out", default="samples")
 
+    p = sub.add_parser("eval", help="FD / KID / precision-recall / IS of samples (or images) against real data")
+    p.add_argument("source", help="pipeline.safetensors (sampled), a folder of images, an .npz, or data:NAME:SPLIT")
+    p.add_argument("--ref", default=None, help="reference data as NAME:SPLIT (default: the model's data, test split)")
+    p.add_argument("--extractor", default="fmnist", help="fmnist (in-project classifier) or inception (FID)")
+    p.add_argument("--weights", default=None,
+                   help="extractor weights: pt_inception-2015-12-05-6726825d.pth for inception")
+    p.add_argument("--resize", default="bilinear", help="resize method to the extractor's input size (inception)")
+    p.add_argument("--metrics", default="fd,kid,pr", help="comma list of fd, kid, pr, is")
+    p.add_argument("--n", type=int, default=10000, help="images to sample / read")
+    p.add_argument("--steps", type=int, default=50)
+    p.add_argument("--sampler", default="ddim")
+    p.add_argument("--eta", type=float, default=0.0)
+    p.add_argument("--guidance", type=float, default=3.0)
+    p.add_argument("--seed", type=int, default=0, help="image k gets seed + k")
+    p.add_argument("--batch-size", type=int, default=250)
+    p.add_argument("--data-root", default=None)
+    p.add_argument("--device", default="auto")
+    p.add_argument("--out", default="runs/eval", help="folder for samples (resumable) and report.json")
+
+    p = sub.add_parser("eval-task", help="the task metric of a text / layout / semantic / SR / inpainting model")
+    p.add_argument("checkpoint", help="pipeline.safetensors (conditions are taken from its data's test split)")
+    p.add_argument("--n", type=int, default=500)
+    p.add_argument("--steps", type=int, default=50)
+    p.add_argument("--sampler", default="ddim")
+    p.add_argument("--guidance", type=float, default=3.0)
+    p.add_argument("--seed", type=int, default=0, help="image k gets seed + k")
+    p.add_argument("--batch-size", type=int, default=100)
+    p.add_argument("--classifier", default=None, help="Fashion-MNIST classifier weights (default: the cached one)")
+    p.add_argument("--data-root", default=None)
+    p.add_argument("--device", default="auto")
+    p.add_argument("--out", default="runs/eval-task", help="folder for samples (resumable), grid.png, report.json")
+
     p = sub.add_parser("demo", help="Fashion-MNIST end to end: autoencoder, class-conditional LDM, scored grid")
     p.add_argument("--out", default="runs/demo")
     p.add_argument("--n-score", type=int, default=100,
@@ -59,10 +92,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--guidance", type=float, default=5.0)
     p.add_argument("overrides", nargs="*", help="ae.section.key=value or ldm.section.key=value overrides")
 
-    p = sub.add_parser("convert", help="original LDM .ckpt + YAML <-> ldmkit pipeline.safetensors")
-    p.add_argument("src", help="original .ckpt (with its YAML) or pipeline.safetensors")
-    p.add_argument("dst", help="pipeline.safetensors, or .ckpt (a .yaml is written next to it)")
-    p.add_argument("--config", default=None, help="the original YAML of SRC (default: SRC with .yaml)")
+    add_convert_parser(sub)
     return parser
 
 
@@ -91,14 +121,30 @@ def _run(args: argparse.Namespace) -> None:
         from .sample import sample_command
 
         sample_command(args)
+    elif args.command == "eval":
+        from ..evaluation.report import evaluate, metrics_table
+
+        report = evaluate(args.source, extractor=args.extractor, weights=args.weights, resize=args.resize, ref=args.ref,
+                          metrics=tuple(m.strip() for m in args.metrics.split(",") if m.strip()), n=args.n,
+                          seed=args.seed, steps=args.steps, sampler=args.sampler, guidance=args.guidance, eta=args.eta,
+                          batch_size=args.batch_size, out=args.out, device=args.device, data_root=args.data_root)
+        print(metrics_table(report))
+        print(f"report: {args.out}/report.json")
+    elif args.command == "eval-task":
+        from ..evaluation.task_report import evaluate_task
+
+        report = evaluate_task(args.checkpoint, n=args.n, seed=args.seed, steps=args.steps, sampler=args.sampler,
+                               guidance=args.guidance, batch_size=args.batch_size, out=args.out, device=args.device,
+                               data_root=args.data_root, classifier=args.classifier)
+        print(f"{report['task']}: " + " ".join(f"{k}={v:.4f}" if isinstance(v, float) else f"{k}={v}"
+                                              for k, v in report["metrics"].items()))
+        print(f"report: {args.out}/report.json")
     elif args.command == "demo":
         from .demo import run_demo
 
         run_demo(args)
     elif args.command == "convert":
-        from ..convert.original import convert_file
-
-        print(" ".join(str(p) for p in convert_file(args.src, args.dst, args.config)))
+        convert_command(args)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -78,7 +78,7 @@ def generate_images(pipe, proto: SampleProtocol, out_dir: Path, dataset=None,
     record = out_dir / "protocol.json"
     if record.is_file() and json.loads(record.read_text()) != asdict(proto):
         raise ValueError(f"{out_dir} holds samples made with other settings ({record}); choose another --out")
-    atomic_write(record, json.dumps(asdict(proto), indent=1).encode())
+    atomic_write(record, lambda tmp: Path(tmp).write_text(json.dumps(asdict(proto), indent=1)))
     if proto.conditions.startswith("data") and dataset is None:
         raise ValueError("this model is conditioned on data items: pass the data set to take conditions from")
     parts = []
@@ -93,13 +93,17 @@ def generate_images(pipe, proto: SampleProtocol, out_dir: Path, dataset=None,
                      seeds=[proto.seed + k for k in indices], output_type="pt",
                      **({"eta": proto.eta} if proto.sampler == "ddim" else {}))
             images = to_uint8(x)  # (B, H, W, C)
-            tmp = path.with_suffix(".tmp.npz")
-            np.savez(tmp, images=images)
-            tmp.replace(path)  # atomic: a killed run never leaves a half-written batch
+            # atomic: a killed run never leaves a half-written batch
+            atomic_write(path, lambda tmp: _save_npz(tmp, images))
             parts.append(images)
         if progress:
             progress(indices[-1] + 1, proto.n)
     return np.concatenate(parts)
+
+
+def _save_npz(path, images: np.ndarray) -> None:
+    with open(path, "wb") as f:
+        np.savez(f, images=images)
 
 
 def images_to_tensor(images: np.ndarray) -> torch.Tensor:
