@@ -16,6 +16,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from .autoencoder import Autoencoder, AutoencoderConfig
+from .autoencoder.tiling import tiled_decode
 from .config import ConfigError, from_dict, to_dict
 from .diffusion import Schedule, ScheduleConfig, cfg_denoise, get_sampler
 from .diffusion.noise import randn
@@ -101,8 +102,11 @@ class Pipeline(nn.Module):
         return self.autoencoder.encode_latents(x, sample=sample, generator=generator) * self.cfg.scale_factor
 
     @torch.no_grad()
-    def decode_latents(self, z: torch.Tensor) -> torch.Tensor:
-        """Scaled latents -> images in [-1, 1]; VQ first stages quantise here."""
+    def decode_latents(self, z: torch.Tensor, tile: int | None = None) -> torch.Tensor:
+        """Scaled latents -> images in [-1, 1]; VQ first stages quantise here. ``tile`` (latent pixels)
+        decodes in overlapping tiles to bound memory for large images."""
+        if tile:
+            return tiled_decode(self.autoencoder.decode, z / self.cfg.scale_factor, tile)
         return self.autoencoder.decode(z / self.cfg.scale_factor)
 
     # ---------------------------------------------------------------- conditioning
@@ -186,11 +190,13 @@ class Pipeline(nn.Module):
                  boxes=None, segmentation=None, low_res=None, image=None, mask=None, num_images: int | None = None,
                  height: int | None = None, width: int | None = None, num_inference_steps: int = 50,
                  guidance_scale: float = 3.0, sampler: str = "ddim", generator: torch.Generator | None = None,
-                 seeds: Sequence[int] | None = None, output_type: str = "pil", **options) -> list | torch.Tensor:
+                 seeds: Sequence[int] | None = None, output_type: str = "pil", decode_tile: int | None = None,
+                 **options) -> list | torch.Tensor:
         """Sample images. ``seeds`` gives image k its own generator, so it can be regenerated alone.
 
         Spatial conditions set the output size (a low-res image of side s gives s * factor), so
-        super-resolution and semantic synthesis run beyond the training size (convolutional sampling).
+        super-resolution and semantic synthesis run beyond the training size (convolutional sampling);
+        ``decode_tile`` (in latent pixels) decodes such large images in overlapping tiles.
         """
         dev = self.device
         inputs = gather_inputs(self.cfg, dev, class_labels=class_labels, prompt=prompt,
@@ -205,7 +211,7 @@ class Pipeline(nn.Module):
         uncond = self.uncondition(n, cond, inputs.negative) if self.conditioner is not None else None
         z = self.sample_latents(cond, uncond, noise, steps=num_inference_steps, guidance_scale=guidance_scale,
                                 sampler=sampler, generator=generator, **options)
-        images = self.decode_latents(z).clamp(-1, 1)
+        images = self.decode_latents(z, decode_tile).clamp(-1, 1)
         if self.cfg.concat.kind == "inpaint" and self.cfg.concat.paste_known:
             known = inputs.concat["masked_image"]
             images = inputs.concat["mask"] * images + (1 - inputs.concat["mask"]) * known

@@ -8,8 +8,12 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
+import numpy as np
 import torch
 from torch import Tensor
+
+from .data.degradation import bicubic_downsample, bsr_degrade
+from .data.masks import generate_mask
 
 CONTEXT_KEYS = {"class": "label", "text": "caption", "text_frozen": "caption", "layout": "boxes"}
 ARG_NAMES = {"label": "class_labels", "caption": "prompt", "boxes": "boxes",
@@ -111,10 +115,6 @@ def batch_conditioning(cfg, batch: dict[str, Any], generator: torch.Generator | 
     copy (super-resolution) or a mask from the paper's kind of generator (inpainting), drawn from
     ``generator`` so that a resumed run draws the same ones.
     """
-    from .data.degradation import bicubic_downsample, bsr_degrade
-    from .data.masks import generate_mask
-    import numpy as np
-
     kw: dict[str, Any] = {}
     key = CONTEXT_KEYS.get(cfg.conditioner.kind)
     needed = ([key] if key else []) + [k for k in cfg.concat.input_keys if k not in ("low_res", "mask", "masked_image")]

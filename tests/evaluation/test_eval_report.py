@@ -78,3 +78,22 @@ def test_cli_eval_on_data_and_missing_source(setup, tmp_path, monkeypatch, capsy
     assert code == 0 and "FD-fmnist" in capsys.readouterr().out
     assert main(["eval", str(tmp_path / "nope.safetensors"), "--weights", str(weights)]) == 2
     assert "not found" in capsys.readouterr().err
+
+
+def test_periodic_eval_is_logged_and_keeps_resume_exact(setup, tmp_path, monkeypatch):
+    pipe, weights, root = setup
+    monkeypatch.setenv("LDMKIT_CACHE", str(tmp_path / "cache"))
+    ae = root / "ae" / "autoencoder.safetensors"
+
+    def train(out, steps, *extra):
+        return train_ldm(load_config(LDMRunConfig, "tiny/ldm", [f"train.out_dir={out}", f"first_stage={ae}",
+                                                                f"train.steps={steps}", *extra]))
+    evals = ["train.eval_every=2", "train.eval_n=4", "train.eval_steps=2", f"train.eval_weights={weights}"]
+    with_eval = train(tmp_path / "a", 4, *evals)
+    events = [json.loads(l) for l in (tmp_path / "a" / "events.jsonl").read_text().splitlines()]
+    fds = [e for e in events if "eval/FD-fmnist" in e]
+    assert [e["step"] for e in fds] == [2, 4] and all(np.isfinite(e["eval/FD-fmnist"]) for e in fds)
+    without = train(tmp_path / "b", 4)
+    from safetensors.torch import load_file
+    a, b = load_file(str(with_eval)), load_file(str(without))
+    assert all(torch.equal(a[k], b[k]) for k in a)  # evaluating draws nothing from the training RNG

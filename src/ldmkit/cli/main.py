@@ -44,6 +44,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--image", default=None, help="image PNG to inpaint (with --mask)")
     p.add_argument("--mask", default=None, help="mask PNG: white = region to fill")
     p.add_argument("--size", type=int, default=None, help="output side in pixels (default: the training size)")
+    p.add_argument("--decode-tile", type=int, default=None,
+                   help="decode in overlapping tiles of this many latent pixels (large outputs, bounded memory)")
     p.add_argument("--steps", type=int, default=50)
     p.add_argument("--sampler", default="ddim")
     p.add_argument("--eta", type=float, default=0.0, help="DDIM eta (0 = deterministic)")

@@ -103,7 +103,8 @@ def _stack(items: list[dict]) -> dict:
 
 
 def sample_command(args: argparse.Namespace) -> None:
-    pipe = Pipeline.load(args.checkpoint, device=resolve_device(args.device))
+    from ..convert.loader import load_pipeline_any  # ldmkit, original .ckpt or diffusers folder
+    pipe = load_pipeline_any(args.checkpoint, device=resolve_device(args.device))
     items = condition_inputs(args, pipe)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
@@ -115,7 +116,8 @@ def sample_command(args: argparse.Namespace) -> None:
         chunk = items[start:start + args.batch_size]
         seeds = [args.seed + start + k for k in range(len(chunk))]
         x = pipe(**_stack(chunk), num_inference_steps=args.steps, guidance_scale=args.guidance, sampler=args.sampler,
-                 seeds=seeds, height=args.size, width=args.size, output_type="pt", **options)
+                 seeds=seeds, height=args.size, width=args.size, output_type="pt", decode_tile=args.decode_tile,
+                 **options)
         for k, (img, seed, item) in enumerate(zip(x, seeds, chunk)):
             meta = settings | {"seed": seed}
             if "class_labels" in item:

@@ -78,10 +78,12 @@ def _unet(p: dict[str, Any]) -> UNetConfig:
 def _autoencoder(fs: dict[str, Any]) -> AutoencoderConfig:
     _need(fs, ("target", "params"), "first_stage_config")
     target, p = str(fs["target"]), fs["params"]
-    kind = "kl" if target.endswith("AutoencoderKL") else "vq" if target.endswith("VQModelInterface") else None
+    # VQModel is the target of first-stage-only configs, VQModelInterface of the LDM's first_stage_config
+    kind = "kl" if target.endswith("AutoencoderKL") else "vq" if target.endswith(("VQModelInterface", "VQModel")) \
+        else None
     if kind is None:
         raise ValueError(f"original config: first_stage_config.target {target!r} is not supported "
-                         "(AutoencoderKL or VQModelInterface)")
+                         "(AutoencoderKL, VQModelInterface or VQModel)")
     _need(p, ("embed_dim", "ddconfig") + (("n_embed",) if kind == "vq" else ()), "first_stage_config.params")
     dd = p["ddconfig"]
     _need(dd, DDCONFIG_REQUIRED, "first_stage_config.params.ddconfig")

@@ -8,7 +8,7 @@ So a result does not depend on the batch size, and a resumed run recomputes noth
 from __future__ import annotations
 
 import json
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Callable
 
@@ -64,9 +64,16 @@ def _call_inputs(pipe, proto: SampleProtocol, indices: list[int], dataset) -> di
     # super-resolution is evaluated on the plain bicubic degradation, whatever the model was trained on
     cfg = pipe.cfg
     if cfg.concat.kind == "low_res" and cfg.concat.degradation != "bicubic":
-        from dataclasses import replace
         cfg = replace(cfg, concat=replace(cfg.concat, degradation="bicubic"))
     return batch_conditioning(cfg, batch)
+
+
+@torch.no_grad()
+def sample_batch(pipe, proto: SampleProtocol, indices: list[int], dataset=None) -> torch.Tensor:
+    """Images ``indices`` of the protocol, (B, C, H, W) in [-1, 1]."""
+    return pipe(**_call_inputs(pipe, proto, indices, dataset), num_inference_steps=proto.steps,
+                guidance_scale=proto.guidance_scale, sampler=proto.sampler, seeds=[proto.seed + k for k in indices],
+                output_type="pt", **({"eta": proto.eta} if proto.sampler == "ddim" else {}))
 
 
 @torch.no_grad()
@@ -88,11 +95,7 @@ def generate_images(pipe, proto: SampleProtocol, out_dir: Path, dataset=None,
         if path.is_file():
             parts.append(np.load(path)["images"])
         else:
-            x = pipe(**_call_inputs(pipe, proto, indices, dataset), num_inference_steps=proto.steps,
-                     guidance_scale=proto.guidance_scale, sampler=proto.sampler,
-                     seeds=[proto.seed + k for k in indices], output_type="pt",
-                     **({"eta": proto.eta} if proto.sampler == "ddim" else {}))
-            images = to_uint8(x)  # (B, H, W, C)
+            images = to_uint8(sample_batch(pipe, proto, indices, dataset))  # (B, H, W, C)
             # atomic: a killed run never leaves a half-written batch
             atomic_write(path, lambda tmp: _save_npz(tmp, images))
             parts.append(images)

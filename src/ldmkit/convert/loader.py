@@ -1,0 +1,148 @@
+"""One entry point for every checkpoint format ldmkit reads, and the ``ldmkit convert`` dispatch.
+
+Formats, told apart by what is on disk (never by trying loaders in turn):
+
+- ldmkit release: ``.safetensors`` whose metadata says ``kind`` (pipeline / autoencoder);
+- original CompVis: ``.ckpt`` / ``.pt`` / ``.pth`` / ``.bin`` (or a ``.safetensors`` without ldmkit metadata) plus
+  its YAML (``--config``, default: the checkpoint's name with ``.yaml``); a full LatentDiffusion or, for
+  autoencoders, a first-stage-only checkpoint (``model.target`` AutoencoderKL / VQModel);
+- diffusers: a folder with ``model_index.json``, or (autoencoders) a VAE folder with ``config.json``.
+"""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Literal
+
+import torch
+from safetensors import safe_open
+
+from ..autoencoder import Autoencoder, AutoencoderConfig, load_autoencoder
+from ..config import ConfigError, load_yaml
+from ..pipeline import Pipeline
+from .diffusers import CONFIG, MODEL_INDEX, export_diffusers, load_diffusers, load_diffusers_autoencoder, load_into
+from .original import IGNORED_PREFIXES, _autoencoder, export_original, load_original
+from .safe_load import PICKLE_SUFFIXES, load_state_dict_file
+
+Target = Literal["ldmkit", "diffusers", "original"]
+
+
+def release_kind(path: Path) -> str | None:
+    """``kind`` from an ldmkit release's metadata; None for any other safetensors file."""
+    with safe_open(str(path), framework="pt") as f:
+        raw = (f.metadata() or {}).get("kind")
+    try:
+        return json.loads(raw) if raw is not None else None
+    except json.JSONDecodeError:
+        return None
+
+
+def _original_yaml(path: Path, config: str | Path | None) -> Path:
+    yaml_path = Path(config) if config is not None else path.with_suffix(".yaml")
+    if not yaml_path.is_file():
+        raise FileNotFoundError(f"{yaml_path}: original config not found (pass --config)")
+    return yaml_path
+
+
+def load_pipeline_any(path: str | Path, device: str | torch.device = "cpu",
+                      config: str | Path | None = None) -> Pipeline:
+    """An ldmkit ``pipeline.safetensors``, an original checkpoint (+ YAML ``config``) or a diffusers folder
+    -> Pipeline on ``device`` in eval mode."""
+    path = Path(path)
+    if path.is_dir():
+        if not (path / MODEL_INDEX).is_file():
+            raise ConfigError(f"{path}: a folder without {MODEL_INDEX} is not a diffusers pipeline")
+        return load_diffusers(path, device)
+    if path.suffix.lower() in PICKLE_SUFFIXES:  # load_original names a missing YAML before a missing .ckpt
+        return load_original(path, config).to(device).eval()
+    if not path.is_file():
+        raise FileNotFoundError(f"{path}: not found")
+    if path.suffix != ".safetensors":
+        raise ConfigError(f"{path}: unknown checkpoint format (pipeline.safetensors, an original .ckpt, "
+                          f"or a diffusers folder)")
+    kind = release_kind(path)
+    if kind == "pipeline":
+        return Pipeline.load(path, device=device)
+    if kind is not None:
+        raise ConfigError(f"{path}: an ldmkit {kind} file, not a pipeline")
+    return load_original(path, config).to(device).eval()
+
+
+def _original_autoencoder(path: Path, config: str | Path | None) -> tuple[Autoencoder, AutoencoderConfig, float]:
+    yaml_path = _original_yaml(path, config)
+    model_cfg = load_yaml(yaml_path).get("model")
+    target = str(model_cfg.get("target", "")) if isinstance(model_cfg, dict) else ""
+    if target.endswith("LatentDiffusion"):
+        pipe = load_original(path, yaml_path)
+        return pipe.autoencoder, pipe.cfg.autoencoder, pipe.cfg.scale_factor
+    # a first-stage-only checkpoint: the autoencoder's own keys (no prefix) and its training loss
+    cfg = _autoencoder(model_cfg)
+    sd = {k: v for k, v in load_state_dict_file(path).items() if not k.startswith(IGNORED_PREFIXES)}
+    model = Autoencoder(cfg)
+    load_into(model, sd, str(path))
+    # a bare first stage has no LatentDiffusion scale_factor: 1.0 until one is fitted
+    return model.eval().requires_grad_(False), cfg, 1.0
+
+
+def load_autoencoder_any(path: str | Path, device: str | torch.device = "cpu",
+                         config: str | Path | None = None) -> tuple[Autoencoder, AutoencoderConfig, float]:
+    """(frozen Autoencoder, its config, scale_factor) from an ldmkit ``autoencoder.safetensors`` or
+    ``pipeline.safetensors``, an original checkpoint (+ YAML), or a diffusers pipeline / VAE folder."""
+    path = Path(path)
+    if path.is_dir():
+        if not (path / MODEL_INDEX).is_file() and not (path / CONFIG).is_file():
+            raise ConfigError(f"{path}: neither a diffusers pipeline ({MODEL_INDEX}) nor a VAE folder ({CONFIG})")
+        model, cfg, scale = load_diffusers_autoencoder(path)
+    elif path.suffix.lower() in PICKLE_SUFFIXES:
+        model, cfg, scale = _original_autoencoder(path, config)
+    elif path.suffix == ".safetensors":
+        if not path.is_file():
+            raise FileNotFoundError(f"{path}: not found")
+        kind = release_kind(path)
+        if kind == "autoencoder":
+            return load_autoencoder(path, device)
+        if kind == "pipeline":
+            pipe = Pipeline.load(path)
+            model, cfg, scale = pipe.autoencoder, pipe.cfg.autoencoder, pipe.cfg.scale_factor
+        elif kind is None:
+            model, cfg, scale = _original_autoencoder(path, config)
+        else:
+            raise ConfigError(f"{path}: an ldmkit {kind} file, not an autoencoder")
+    else:
+        raise ConfigError(f"{path}: unknown autoencoder format (autoencoder.safetensors, an original .ckpt, "
+                          "or a diffusers folder)")
+    return model.to(device).eval().requires_grad_(False), cfg, scale
+
+
+def infer_target(dst: str | Path) -> Target:
+    """The format ``ldmkit convert`` writes to ``dst``: a folder (existing, ending in '/', or without a
+    suffix) is diffusers, ``.ckpt`` is original, ``.safetensors`` is ldmkit."""
+    text, path = str(dst), Path(dst)
+    if text.endswith(("/", "\\")) or path.is_dir() or path.suffix == "":
+        return "diffusers"
+    if path.suffix == ".ckpt":
+        return "original"
+    if path.suffix == ".safetensors":
+        return "ldmkit"
+    raise ConfigError(f"{dst}: cannot tell the output format from the name: use .safetensors (ldmkit), "
+                      ".ckpt (original, + .yaml) or a folder (diffusers), or pass --to")
+
+
+def convert_any(src: str | Path, dst: str | Path, config: str | Path | None = None,
+                to: Target | None = None) -> list[Path]:
+    """The ``ldmkit convert`` command: any readable pipeline -> ldmkit / diffusers / original. Returns the
+    written paths."""
+    target = to or infer_target(dst)
+    if target not in ("ldmkit", "diffusers", "original"):
+        raise ConfigError(f"--to: expected ldmkit, diffusers or original, got {target!r}")
+    if target == "original" and Path(dst).suffix != ".ckpt":
+        raise ConfigError(f"{dst}: an original checkpoint must end in .ckpt")
+    if target == "ldmkit" and Path(dst).suffix != ".safetensors":
+        raise ConfigError(f"{dst}: an ldmkit pipeline must end in .safetensors")
+    pipe = load_pipeline_any(src, config=config)
+    if target == "diffusers":
+        return [export_diffusers(pipe, dst)]
+    if target == "original":
+        return list(export_original(pipe, dst))
+    pipe.save(Path(dst), {"converted_from": Path(src).name})
+    return [Path(dst)]
