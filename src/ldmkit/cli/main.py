@@ -31,7 +31,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--data-root", default=None, help="override the data folder stored with the weights")
 
     p = sub.add_parser("sample", help="sample images from a trained pipeline")
-    p.add_argument("checkpoint", help="pipeline.safetensors")
+    p.add_argument("checkpoint", help="pipeline.safetensors, an original .ckpt (YAML beside it) or a diffusers folder")
     p.add_argument("--class", dest="classes", action="append", default=None,
                    help="class index or name (repeatable, or comma-separated)")
     p.add_argument("--n", type=int, default=8, help="images per class or per condition (or in all, when unconditional)")

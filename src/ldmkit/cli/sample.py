@@ -11,7 +11,7 @@ from PIL import Image
 
 from ..device import resolve_device
 from ..imageio import from_pil, save_grid, save_png
-from ..pipeline import Pipeline
+from ..convert.loader import load_pipeline_any
 
 
 def parse_classes(values: list[str] | None, names: list[str], num_classes: int) -> list[int]:
@@ -103,8 +103,8 @@ def _stack(items: list[dict]) -> dict:
 
 
 def sample_command(args: argparse.Namespace) -> None:
-    from ..convert.loader import load_pipeline_any  # ldmkit, original .ckpt or diffusers folder
-    pipe = load_pipeline_any(args.checkpoint, device=resolve_device(args.device))
+    pipe = load_pipeline_any(  # ldmkit, original .ckpt or diffusers folder
+        args.checkpoint, device=resolve_device(args.device))
     items = condition_inputs(args, pipe)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
