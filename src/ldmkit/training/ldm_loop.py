@@ -3,14 +3,14 @@ from __future__ import annotations
 
 import hashlib
 import json
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Literal
 
 import torch
 from torch import nn
 
-from ..autoencoder import load_autoencoder
+from ..convert.loader import load_autoencoder_any, load_pipeline_any
 from ..config import ConfigError, require, to_dict
 from ..data import DataConfig, build_dataset, collate
 from ..diffusion import ScheduleConfig, diffusion_loss
@@ -59,7 +59,8 @@ class LDMTrainConfig(TrainConfig):
 @dataclass
 class LDMRunConfig:
     data: DataConfig = field(default_factory=lambda: DataConfig(name="fashion_mnist", channels=1))
-    first_stage: str = ""               # path to an autoencoder.safetensors release
+    first_stage: str = ""               # autoencoder: ldmkit .safetensors, original .ckpt or diffusers (VAE) folder
+    init_from: str = ""                 # fine-tune a released pipeline (any format): its architecture and weights
     unet: UNetConfig = field(default_factory=UNetConfig)
     conditioner: ConditionerConfig = field(default_factory=ConditionerConfig)
     concat: ConcatConfig = field(default_factory=ConcatConfig)
@@ -67,21 +68,40 @@ class LDMRunConfig:
     train: LDMTrainConfig = field(default_factory=lambda: LDMTrainConfig(out_dir="runs/ldm"))
 
     def __post_init__(self) -> None:
-        require(bool(self.first_stage), "first_stage", "path to an autoencoder.safetensors is required")
+        require(bool(self.first_stage or self.init_from), "first_stage",
+                "path to an autoencoder (autoencoder.safetensors, original .ckpt or diffusers folder) is required")
         if self.conditioner.kind != "none":
             require(self.unet.context_dim == self.conditioner.embed_dim, "unet.context_dim",
                     f"must equal conditioner.embed_dim ({self.conditioner.embed_dim}), got {self.unet.context_dim}")
 
 
-def _check_first_stage(cfg: LDMRunConfig) -> Path:
-    path = Path(cfg.first_stage)
-    if not path.is_file():
-        raise ConfigError(f"first_stage: {path} not found (train one with `ldmkit train-autoencoder`)")
+def _first_stage_path(cfg: LDMRunConfig) -> Path:
+    """Where the frozen first stage comes from: ``first_stage``, else the pipeline to fine-tune."""
+    path = Path(cfg.first_stage or cfg.init_from)
+    if not path.exists():
+        key = "first_stage" if cfg.first_stage else "init_from"
+        raise ConfigError(f"{key}: {path} not found (train one with `ldmkit train-autoencoder`)")
     return path
 
 
-def build_pipeline(cfg: LDMRunConfig, class_names: list[str]) -> Pipeline:
-    ae, ae_cfg, scale = load_autoencoder(_check_first_stage(cfg))
+def _digest(path: Path) -> str:
+    """sha256 of a weights file, or of every file of a (diffusers) folder."""
+    if path.is_file():
+        return file_digest(path)
+    return hashlib.sha256("".join(file_digest(f) for f in sorted(path.rglob("*")) if f.is_file()).encode()).hexdigest()
+
+
+def adopt_release(cfg: LDMRunConfig, released: Pipeline) -> LDMRunConfig:
+    """Fine-tuning trains the released architecture: its UNet, conditioning and schedule replace the preset's."""
+    rc = released.cfg
+    return replace(cfg, unet=rc.unet, conditioner=rc.conditioner, concat=rc.concat, diffusion=rc.diffusion)
+
+
+def build_pipeline(cfg: LDMRunConfig, class_names: list[str], released: Pipeline | None = None) -> Pipeline:
+    if cfg.first_stage or released is None:
+        ae, ae_cfg, scale = load_autoencoder_any(_first_stage_path(cfg))
+    else:
+        ae, ae_cfg, scale = released.autoencoder, released.cfg.autoencoder, released.cfg.scale_factor
     extra = cfg.concat.channels(ae_cfg.embed_dim, cfg.data.channels)
     require(ae_cfg.embed_dim + extra == cfg.unet.in_channels, "unet.in_channels",
             f"must equal the first stage's latent channels ({ae_cfg.embed_dim})"
@@ -90,8 +110,14 @@ def build_pipeline(cfg: LDMRunConfig, class_names: list[str]) -> Pipeline:
             f"must equal the first stage's latent channels ({ae_cfg.embed_dim}), got {cfg.unet.out_channels}")
     require(ae_cfg.resolution == cfg.data.image_size, "data.image_size",
             f"must equal the first stage's resolution ({ae_cfg.resolution}), got {cfg.data.image_size}")
-    pcfg = PipelineConfig(ae_cfg, cfg.unet, cfg.conditioner, cfg.diffusion, scale, class_names, cfg.concat)
-    return Pipeline(pcfg, autoencoder=ae)
+    pcfg = PipelineConfig(ae_cfg, cfg.unet, cfg.conditioner, cfg.diffusion, scale,
+                          class_names or (released.cfg.class_names if released else []), cfg.concat)
+    pipe = Pipeline(pcfg, autoencoder=ae)
+    if released is not None:
+        for part in DENOISER_PARTS:
+            if getattr(pipe, part) is not None:
+                getattr(pipe, part).load_state_dict(getattr(released, part).state_dict())
+    return pipe
 
 
 class _LatentSource:
@@ -106,9 +132,10 @@ class _LatentSource:
         self.pipe, self.device, self.moments = pipe, device, None
         if not (cfg.train.cache_latents and hasattr(dataset, "images_tensor")):
             return
-        key = hashlib.sha256(file_digest(Path(cfg.first_stage)).encode()
+        source = _first_stage_path(cfg)
+        key = hashlib.sha256(_digest(source).encode()
                              + json.dumps([to_dict(cfg.data), cfg.train.encode_precision], sort_keys=True).encode()).hexdigest()[:16]
-        path = Path(cfg.first_stage).parent / "latent_cache" / f"{cfg.data.name}-train-{key}.safetensors"
+        path = source.parent / "latent_cache" / f"{cfg.data.name}-train-{key}.safetensors"
         if path.is_file():
             cached, _ = load_release(path, device)
             self.moments = (cached["mean"], cached["std"])
@@ -134,11 +161,15 @@ class _LatentSource:
 def train_ldm(cfg: LDMRunConfig, resume: bool = True) -> Path:
     """Train the denoiser; writes checkpoints and ``pipeline.safetensors`` (EMA weights); returns its path."""
     tc = cfg.train
-    _check_first_stage(cfg)
+    _first_stage_path(cfg)
+    released = None
+    if cfg.init_from:
+        released = load_pipeline_any(cfg.init_from)
+        cfg = adopt_release(cfg, released)
     out, device = start_run(cfg, tc)
 
     dataset = build_dataset(cfg.data, "train")
-    pipe = build_pipeline(cfg, list(getattr(dataset, "class_names", [])))
+    pipe = build_pipeline(cfg, list(getattr(dataset, "class_names", [])), released)
     if cfg.conditioner.kind == "class" and cfg.conditioner.num_classes != dataset.num_classes:
         raise ConfigError(f"conditioner.num_classes: {cfg.conditioner.num_classes} but the data set has "
                           f"{dataset.num_classes} classes")
