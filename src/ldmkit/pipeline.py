@@ -125,9 +125,10 @@ class Pipeline(nn.Module):
             out = self.spatial(one_hot_map(inputs["segmentation"], self.cfg.concat.num_classes))
         elif kind == "low_res":
             out = inputs["low_res"]
-        else:  # inpaint: [mask, latent of the masked image], as SD-inpainting
+        else:  # inpaint: [latent of the masked image, mask in {-1, 1}], as the original inpainting_big model
             z = self.encode_latents(inputs["masked_image"], sample=False)
-            out = torch.cat([F.interpolate(inputs["mask"].float(), size=z.shape[-2:], mode="nearest"), z], dim=1)
+            mask = F.interpolate(inputs["mask"].float(), size=z.shape[-2:], mode="nearest")
+            out = torch.cat([z, mask * 2 - 1], dim=1)
         if out.shape[-2:] != (h, w):  # e.g. a low-res image that is not exactly latent-sized
             out = F.interpolate(out, size=(h, w), mode="bilinear", align_corners=False)
         return out

@@ -209,3 +209,43 @@ def test_cli_convert_errors_are_one_line(tmp_path, capsys):
     assert len(err) == 1 and "nope.yaml" in err[0]
     assert main(["convert", str(tmp_path / "p.safetensors"), str(tmp_path / "x.bin")]) == 2
     assert ".ckpt" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("concat, in_ch, cond_key, cond_stage", [
+    (dict(kind="low_res", factor=2), 6, "LR_image", "torch.nn.Identity"),
+    (dict(kind="inpaint"), 7, "masked_image", "__is_first_stage__"),
+    (dict(kind="semantic", num_classes=5, n_stages=1, out_channels=3), 6, "segmentation", "SpatialRescaler")])
+def test_concat_models_round_trip_through_the_original_layout(tmp_path, concat, in_ch, cond_key, cond_stage):
+    import dataclasses
+
+    from ldmkit.nn.concat import ConcatConfig
+
+    cfg = tiny_config(classes=False)
+    cfg = dataclasses.replace(cfg, unet=dataclasses.replace(cfg.unet, in_channels=in_ch), concat=ConcatConfig(**concat))
+    torch.manual_seed(0)
+    pipe = Pipeline(cfg).eval()
+    with torch.no_grad():
+        for t in pipe.state_dict().values():
+            t.copy_(torch.randn_like(t))
+    ckpt, yml = export_original(pipe, tmp_path / "model.ckpt")
+    params = yaml.safe_load(yml.read_text())["model"]["params"]
+    assert params["conditioning_key"] == "concat" and params["cond_stage_key"] == cond_key
+    stage = params["cond_stage_config"]
+    assert (stage if isinstance(stage, str) else stage["target"]).endswith(cond_stage)
+    sd = load_state_dict_file(ckpt)
+    assert ("cond_stage_model.channel_mapper.weight" in sd) == (concat["kind"] == "semantic")
+    back = load_original(ckpt)
+    assert back.cfg == pipe.cfg
+    assert_same_pipelines(pipe, back)
+
+
+def test_hybrid_models_have_no_original_layout(tmp_path):
+    import dataclasses
+
+    from ldmkit.nn.concat import ConcatConfig
+
+    cfg = tiny_config()
+    cfg = dataclasses.replace(cfg, unet=dataclasses.replace(cfg.unet, in_channels=6),
+                              concat=ConcatConfig(kind="low_res", factor=2))
+    with pytest.raises(ValueError, match="hybrid"):
+        export_original(Pipeline(cfg), tmp_path / "m.ckpt")

@@ -63,7 +63,7 @@ def test_super_resolution_at_twice_the_training_size(trained):
 
 def test_inpainting_keeps_the_known_region(trained):
     pipe = Pipeline.load(trained["inpaint"])
-    assert pipe.unet.input_blocks[0][0].in_channels == 7  # latent 3 + mask 1 + masked-image latent 3
+    assert pipe.unet.input_blocks[0][0].in_channels == 7  # latent 3 + masked-image latent 3 + mask 1
     image = Shapes(DataConfig(name="shapes", image_size=16), "test")[0]["image"]
     mask = torch.zeros(16, 16)
     mask[4:12, 4:12] = 1

@@ -22,12 +22,21 @@ from ..autoencoder import AutoencoderConfig
 from ..config import load_yaml, to_dict
 from ..diffusion import ScheduleConfig
 from ..nn import ConditionerConfig, UNetConfig
+from ..nn.concat import ConcatConfig
 from ..pipeline import Pipeline, PipelineConfig
 from ..weights import atomic_write
 from .safe_load import load_state_dict_file
 
-# original state_dict prefix -> Pipeline attribute
+# original state_dict prefix -> Pipeline attribute (the cond stage is the semantic map's rescaler when it has one)
 PREFIXES = {"model.diffusion_model.": "unet", "first_stage_model.": "autoencoder", "cond_stage_model.": "conditioner"}
+
+
+def prefixes(cfg: PipelineConfig) -> dict[str, str]:
+    """PREFIXES for ``cfg``: the original has one cond stage, either the context encoder or the concat rescaler."""
+    if cfg.concat.kind != "none" and cfg.conditioner.kind != "none":
+        raise ValueError("original layout: a model with both a context conditioner and a concat map (hybrid) "
+                         "has no original cond-stage layout")
+    return PREFIXES | ({"cond_stage_model.": "spatial"} if cfg.concat.kind == "semantic" else {})
 SCHEDULE_BUFFERS = ("betas", "alphas_cumprod", "alphas_cumprod_prev", "sqrt_alphas_cumprod",
                     "sqrt_one_minus_alphas_cumprod", "log_one_minus_alphas_cumprod", "sqrt_recip_alphas_cumprod",
                     "sqrt_recipm1_alphas_cumprod", "posterior_variance", "posterior_log_variance_clipped",
@@ -44,7 +53,11 @@ TARGETS = {
     "kl": "ldm.models.autoencoder.AutoencoderKL",
     "vq": "ldm.models.autoencoder.VQModelInterface",
     "class": "ldm.modules.encoders.modules.ClassEmbedder",
+    "semantic": "ldm.modules.encoders.modules.SpatialRescaler",
+    "identity": "torch.nn.Identity",
 }
+# ldmkit concat kind -> the original's cond_stage_key (what the batch entry is called)
+CONCAT_KEYS = {"low_res": "LR_image", "inpaint": "masked_image", "semantic": "segmentation"}
 # original UNet params ldmkit does not implement: allowed only at their (no-op) defaults
 UNET_FIXED = {"dims": 2, "num_heads_upsample": -1, "use_new_attention_order": False, "n_embed": None}
 UNET_REQUIRED = ("in_channels", "out_channels", "model_channels", "attention_resolutions", "num_res_blocks")
@@ -103,22 +116,44 @@ def _autoencoder(fs: dict[str, Any]) -> AutoencoderConfig:
                              **({"n_embed": p["n_embed"]} if kind == "vq" else {}))
 
 
-def _conditioner(cs: Any, conditioning_key: Any) -> ConditionerConfig:
+def _concat(cs: Any, f: int) -> ConcatConfig:
+    """The concat cond stages: LR image (Identity), masked image (the first stage), SpatialRescaler."""
+    if cs == "__is_first_stage__":
+        return ConcatConfig(kind="inpaint")
+    target = str(cs.get("target")) if isinstance(cs, dict) else str(cs)
+    if target.endswith("Identity"):
+        return ConcatConfig(kind="low_res", factor=f)  # the LR image has the latent's size
+    if target.endswith("SpatialRescaler"):
+        p = cs.get("params") or {}
+        if p.get("method", "bilinear") != "bilinear" or p.get("multiplier", 0.5) != 0.5 or p.get("bias", False):
+            raise ValueError("original config: SpatialRescaler is supported with method bilinear, multiplier 0.5, "
+                             "bias false")
+        return ConcatConfig(kind="semantic", num_classes=p.get("in_channels", 3), n_stages=p.get("n_stages", 1),
+                            out_channels=p.get("out_channels") or 0)
+    raise ValueError(f"original config: concat cond stage {target!r} is not supported "
+                     "(torch.nn.Identity, __is_first_stage__ or SpatialRescaler)")
+
+
+def _conditioner(cs: Any, conditioning_key: Any, f: int) -> tuple[ConditionerConfig, ConcatConfig]:
     if cs == "__is_unconditional__":
         if conditioning_key is not None:
             raise ValueError(f"original config: conditioning_key {conditioning_key!r} needs a cond stage")
-        return ConditionerConfig(kind="none")
+        return ConditionerConfig(kind="none"), ConcatConfig()
+    if conditioning_key == "concat":
+        return ConditionerConfig(kind="none"), _concat(cs, f)
     target = str(cs.get("target")) if isinstance(cs, dict) else str(cs)
     if not target.endswith("ClassEmbedder"):
-        raise ValueError(f"original config: cond_stage_config {target!r} is not supported yet "
-                         "(ClassEmbedder or __is_unconditional__)")
+        raise ValueError(f"original config: cond_stage_config {target!r} with conditioning_key "
+                         f"{conditioning_key!r} is not supported yet (ClassEmbedder with crossattn, or a concat "
+                         "cond stage; BERTEmbedder text / layout stages are not mapped)")
     if conditioning_key != "crossattn":
         raise ValueError(f"original config: ClassEmbedder with conditioning_key {conditioning_key!r} is not "
                          "supported (crossattn)")
     _need(cs.get("params"), ("embed_dim",), "cond_stage_config.params")
     p = cs["params"]
     # the original's default of 1000 rows would hold 999 classes + the null class
-    return ConditionerConfig(kind="class", num_classes=p.get("n_classes", 1000) - 1, embed_dim=p["embed_dim"])
+    return ConditionerConfig(kind="class", num_classes=p.get("n_classes", 1000) - 1, embed_dim=p["embed_dim"]), \
+        ConcatConfig()
 
 
 def original_config_to_pipeline_config(yaml_dict: dict[str, Any]) -> PipelineConfig:
@@ -133,9 +168,13 @@ def original_config_to_pipeline_config(yaml_dict: dict[str, Any]) -> PipelineCon
                                linear_start=p.get("linear_start", 1e-4), linear_end=p.get("linear_end", 2e-2),
                                cosine_s=p.get("cosine_s", 8e-3), parameterization=p.get("parameterization", "eps"),
                                v_posterior=p.get("v_posterior", 0.0))
-    return PipelineConfig(autoencoder=_autoencoder(p["first_stage_config"]), unet=_unet(p["unet_config"]["params"]),
-                          conditioner=_conditioner(p["cond_stage_config"], p.get("conditioning_key")),
-                          diffusion=diffusion, scale_factor=float(p.get("scale_factor", 1.0)))
+    ae = _autoencoder(p["first_stage_config"])
+    # LatentDiffusion's default: conditioning_key None means concat when concat_mode (default True) is set
+    key = p.get("conditioning_key") or ("concat" if p.get("concat_mode", True) and
+                                        p["cond_stage_config"] != "__is_unconditional__" else None)
+    conditioner, concat = _conditioner(p["cond_stage_config"], key, ae.downsample_factor)
+    return PipelineConfig(autoencoder=ae, unet=_unet(p["unet_config"]["params"]), conditioner=conditioner,
+                          diffusion=diffusion, scale_factor=float(p.get("scale_factor", 1.0)), concat=concat)
 
 
 def pipeline_config_to_original_config(cfg: PipelineConfig) -> dict[str, Any]:
@@ -149,14 +188,26 @@ def pipeline_config_to_original_config(cfg: PipelineConfig) -> dict[str, Any]:
                 "dropout": ae.dropout, "attn_type": "vanilla" if ae.mid_attn else "none"}
     first = {"embed_dim": ae.embed_dim, **({"n_embed": ae.n_embed} if ae.kind == "vq" else {}),
              "ddconfig": ddconfig, "lossconfig": {"target": "torch.nn.Identity"}}
+    prefixes(cfg)  # refuses hybrids
     cond: Any = "__is_unconditional__"
+    key, cond_key, trainable = None, "class_label", False
     if c.kind == "class":
         cond = {"target": TARGETS["class"], "params": {"embed_dim": c.embed_dim, "n_classes": c.num_classes + 1,
                                                        "key": "class_label"}}
+        key, trainable = "crossattn", True
+    elif c.kind != "none":
+        raise ValueError(f"original layout: conditioner kind {c.kind!r} has no original cond stage mapping yet")
+    if cfg.concat.kind != "none":
+        k = cfg.concat
+        key, cond_key, trainable = "concat", CONCAT_KEYS[k.kind], k.kind == "semantic"
+        cond = {"low_res": {"target": TARGETS["identity"]}, "inpaint": "__is_first_stage__",
+                "semantic": {"target": TARGETS["semantic"], "params": {
+                    "n_stages": k.n_stages, "method": "bilinear", "multiplier": 0.5, "in_channels": k.num_classes,
+                    "out_channels": k.out_channels or None, "bias": False}}}[k.kind]
     params = {f.name: getattr(d, f.name) for f in dataclasses.fields(d)}
-    params |= {"first_stage_key": "image", "cond_stage_key": "class_label", "image_size": side,
-               "channels": ae.embed_dim, "conditioning_key": "crossattn" if c.kind == "class" else None,
-               "cond_stage_trainable": c.kind == "class", "scale_factor": cfg.scale_factor, "scale_by_std": False,
+    params |= {"first_stage_key": "image", "cond_stage_key": cond_key, "image_size": side,
+               "channels": ae.embed_dim, "conditioning_key": key, "concat_mode": key == "concat",
+               "cond_stage_trainable": trainable, "scale_factor": cfg.scale_factor, "scale_by_std": False,
                # the exported UNet weights are the ones ldmkit samples with; no separate model_ema.* keys
                "use_ema": False,
                "unet_config": {"target": TARGETS["unet"], "params": unet},
@@ -175,7 +226,7 @@ def ema_name(unet_key: str) -> str:
 def pipeline_to_original_state_dict(pipe: Pipeline) -> dict[str, Tensor]:
     """Pipeline -> the original LatentDiffusion state_dict (EMA-only style: no ``model_ema.*`` keys)."""
     sd: dict[str, Tensor] = {}
-    for prefix, attr in PREFIXES.items():
+    for prefix, attr in prefixes(pipe.cfg).items():
         module = getattr(pipe, attr)
         if module is not None:
             sd |= {prefix + k: v.detach() for k, v in module.state_dict().items()}
@@ -195,7 +246,7 @@ def original_state_dict_to_pipeline(sd: dict[str, Tensor], cfg: PipelineConfig, 
     if "scale_factor" in sd:  # scale_by_std checkpoints store the fitted factor, which wins over the YAML
         cfg = dataclasses.replace(cfg, scale_factor=float(sd["scale_factor"]))
     pipe = Pipeline(cfg)
-    targets = {prefix: getattr(pipe, attr).state_dict() for prefix, attr in PREFIXES.items()
+    targets = {prefix: getattr(pipe, attr).state_dict() for prefix, attr in prefixes(cfg).items()
                if getattr(pipe, attr) is not None}
     ema_keys = [k for k in sd if k.startswith(EMA_PREFIX) and k not in IGNORED_KEYS]
     take_ema = use_ema and bool(ema_keys)
@@ -231,7 +282,7 @@ def original_state_dict_to_pipeline(sd: dict[str, Tensor], cfg: PipelineConfig, 
     shapes = [p + k for p, t in targets.items() for k, v in loaded[p].items() if v.shape != t[k].shape]
     if shapes:
         raise ValueError(f"original checkpoint: shapes do not fit the config: {_short(shapes)}")
-    for prefix, attr in PREFIXES.items():
+    for prefix, attr in prefixes(cfg).items():
         if prefix in targets:
             getattr(pipe, attr).load_state_dict(loaded[prefix], strict=False)
     return pipe.eval()

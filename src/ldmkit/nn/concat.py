@@ -42,7 +42,7 @@ class ConcatConfig:
         if self.kind == "low_res":
             return image_channels
         if self.kind == "inpaint":
-            return 1 + latent_channels  # the mask, then the masked image's latent (SD-inpainting order)
+            return latent_channels + 1  # the masked image's latent, then the mask (the original's order)
         return 0
 
     @property
