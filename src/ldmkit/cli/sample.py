@@ -74,7 +74,7 @@ def condition_inputs(args: argparse.Namespace, pipe) -> list[dict]:
         per = [{"class_labels": c} for c in classes]
     elif args.classes:
         raise ValueError("--class given, but this model is not class-conditional")
-    if cond.kind in ("text", "text_frozen"):
+    if cond.kind in ("text", "text_frozen", "bert"):
         if not args.prompt:
             raise ValueError("this is a text-to-image model: pass --prompt TEXT")
         per = [{"prompt": p} for p in args.prompt]

