@@ -100,3 +100,55 @@ def test_eval_task_reports_the_metric_beside_its_baseline(trained, task, tmp_pat
                 "sr": "bicubic_psnr", "inpaint": "mean_fill_psnr_inside"}[task]
     assert expected in report["metrics"], report["metrics"]
     assert (tmp_path / "grid.png").is_file()
+
+
+def test_hybrid_text_and_low_res_conditioning(tiny_ae, tmp_path):
+    """Concat and cross-attention together: a caption-guided super-resolution model."""
+    cfg = load_config(LDMRunConfig, "tiny/ldm-sr", [
+        f"train.out_dir={tmp_path}", f"first_stage={tiny_ae}", "train.steps=1", "train.sample_every=100",
+        "conditioner.kind=text", "conditioner.embed_dim=16", "conditioner.max_length=16", "conditioner.n_layer=1",
+        "conditioner.n_head=2", "unet.context_dim=16"])
+    pipe = Pipeline.load(train_ldm(cfg))
+    x = pipe(prompt="a red circle", low_res=torch.zeros(3, 8, 8), num_inference_steps=2, guidance_scale=2.0,
+             seeds=[0], output_type="pt")
+    assert x.shape == (1, 3, 16, 16)
+    with pytest.raises(ValueError, match="pass low_res"):
+        pipe(prompt="a red circle", num_inference_steps=2)
+
+
+def _png(path, array, mode=None):
+    from PIL import Image
+    import numpy as np
+
+    Image.fromarray(np.asarray(array, dtype=np.uint8), mode).save(path)
+    return str(path)
+
+
+@pytest.mark.parametrize("task", TASKS)
+def test_sample_cli_takes_each_tasks_input(trained, task, tmp_path, capsys):
+    import numpy as np
+
+    from ldmkit.cli.main import main
+
+    flags = {
+        "text": ["--prompt", "a red circle", "--negative-prompt", "a blue square"],
+        "layout": ["--boxes", '[["red circle", 0.1, 0.1, 0.6, 0.6], [4, 0.6, 0.6, 0.9, 0.9]]'],
+        "semantic": ["--segmentation", _png(tmp_path / "seg.png", np.pad(np.full((8, 8), 3), 4), "L")],
+        "sr": ["--low-res", _png(tmp_path / "low.png", np.full((8, 8, 3), 200))],
+        "inpaint": ["--image", _png(tmp_path / "img.png", np.full((16, 16, 3), 90)),
+                    "--mask", _png(tmp_path / "mask.png", np.pad(np.full((8, 8), 255), 4), "L")],
+    }[task]
+    out = tmp_path / "out"
+    code = main(["sample", str(trained[task]), *flags, "--n", "2", "--steps", "2", "--device", "cpu", "--out", str(out)])
+    assert code == 0, capsys.readouterr().err
+    assert len(list(out.glob("0000*_seed*.png"))) == 2 and (out / "grid.png").is_file()
+
+
+def test_sample_cli_names_bad_task_input(trained, tmp_path, capsys):
+    from ldmkit.cli.main import main
+
+    assert main(["sample", str(trained["layout"]), "--boxes", "[[1, 0.5, 0.5, 0.2, 0.9]]", "--steps", "1",
+                 "--out", str(tmp_path)]) == 2
+    assert "--boxes: box" in capsys.readouterr().err
+    assert main(["sample", str(trained["text"]), "--steps", "1", "--out", str(tmp_path)]) == 2
+    assert "pass --prompt" in capsys.readouterr().err
