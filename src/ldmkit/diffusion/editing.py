@@ -37,8 +37,9 @@ def reimpose_known(denoise_fn: DenoiseFn, schedule: Schedule, x_known: Tensor, n
     keep = 1.0 - mask
 
     def fn(x: Tensor, t: Tensor) -> Tensor:
-        a = abar_at(schedule, t).reshape(-1, *([1] * (x.dim() - 1)))
-        known = a.sqrt().to(x) * x_known + (1 - a).sqrt().to(x) * noise  # (B, ...) at level t
+        # float64 on the CPU: cast before moving (some backends have no float64)
+        a = abar_at(schedule, t).reshape(-1, *([1] * (x.dim() - 1))).to(x.dtype).to(x.device)
+        known = a.sqrt() * x_known + (1 - a).sqrt() * noise  # (B, ...) at level t
         return denoise_fn(mask.to(x) * x + keep.to(x) * known, t)
 
     return fn
