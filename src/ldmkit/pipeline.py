@@ -18,7 +18,8 @@ from torch import nn
 from .autoencoder import Autoencoder, AutoencoderConfig
 from .autoencoder.tiling import tiled_decode
 from .config import ConfigError, from_dict, to_dict
-from .diffusion import Schedule, ScheduleConfig, cfg_denoise, get_sampler
+from .diffusion import Schedule, ScheduleConfig, cfg_denoise, check_options, ddim_invert, get_sampler
+from .diffusion.editing import paste_known, reimpose_known
 from .diffusion.noise import randn
 from .imageio import to_pil
 from .nn import ConditionerConfig, UNetConfig, UNetModel, build_conditioner
@@ -55,7 +56,12 @@ def build_spatial(cfg: ConcatConfig) -> nn.Module | None:
 
 class Pipeline(nn.Module):
     """``pipe(class_labels=[...] | prompt=[...] | boxes=... | segmentation=... | low_res=... | image=, mask=,
-    num_inference_steps=50, guidance_scale=3.0, seeds=[...])`` -> PIL images."""
+    num_inference_steps=50, guidance_scale=3.0, sampler="ddim", seeds=[...])`` -> PIL images.
+
+    Editing works with any model: ``image`` + ``strength`` is img2img (SDEdit), ``image`` + ``mask``
+    inpaints by re-imposing the known region at every step (models with an inpainting concat condition
+    take image + mask as that condition instead); :meth:`invert` is DDIM inversion (image -> noise).
+    """
 
     def __init__(self, cfg: PipelineConfig, autoencoder: Autoencoder | None = None,
                  unet: UNetModel | None = None, conditioner: nn.Module | None = None,
@@ -168,12 +174,26 @@ class Pipeline(nn.Module):
     def sample_latents(self, cond: dict | None, uncond: dict | None, noise: torch.Tensor, *, steps: int = 50,
                        guidance_scale: float = 1.0, sampler: str = "ddim",
                        generator: torch.Generator | list[torch.Generator] | None = None,
-                       callback=None, **options) -> torch.Tensor:
+                       callback=None, known: tuple[torch.Tensor, torch.Tensor] | None = None,
+                       **options) -> torch.Tensor:
+        """Run ``sampler`` (any registered name) from ``noise``. ``known`` = (latents, mask with 1 = fill)
+        re-imposes the known region at every model call and pastes it into the result; ``options`` go to
+        the sampler (eta, spacing, karras, x_init / strength, ...)."""
+        check_options(sampler, options)
         # nothing to guide without a context conditioner: scale 1 is a single plain call
         scale = guidance_scale if uncond is not None else 1.0
         denoise_fn = cfg_denoise(self.model_fn, cond, uncond, scale)
-        return get_sampler(sampler)(denoise_fn, noise, self.schedule, steps=steps, generator=generator,
-                                    callback=callback, **options)
+        if known is not None:
+            denoise_fn = reimpose_known(denoise_fn, self.schedule, known[0], noise, known[1])
+        z = get_sampler(sampler)(denoise_fn, noise, self.schedule, steps=steps, generator=generator,
+                                 callback=callback, **options)
+        return z if known is None else paste_known(z, known[0], known[1])
+
+    def latent_mask(self, mask: torch.Tensor) -> torch.Tensor:
+        """A pixel mask (B, 1, H, W), 1 = fill -> latent (B, 1, h, w): a latent pixel is regenerated when any
+        pixel of its f x f patch is to be filled (the decoder's known pixels are pasted back afterwards)."""
+        f = self.cfg.autoencoder.downsample_factor
+        return F.max_pool2d(mask.float(), kernel_size=f) if f > 1 else mask.float()
 
     def latent_size(self, inputs: CallInputs, height: int | None, width: int | None) -> tuple[int, int]:
         """Latent (h, w): from a spatial condition's size (convolutional sampling), else height / width."""
@@ -191,13 +211,23 @@ class Pipeline(nn.Module):
                  boxes=None, segmentation=None, low_res=None, image=None, mask=None, num_images: int | None = None,
                  height: int | None = None, width: int | None = None, num_inference_steps: int = 50,
                  guidance_scale: float = 3.0, sampler: str = "ddim", generator: torch.Generator | None = None,
-                 seeds: Sequence[int] | None = None, output_type: str = "pil", decode_tile: int | None = None,
+                 seeds: Sequence[int] | None = None, strength: float | None = None,
+                 latents: torch.Tensor | None = None, output_type: str = "pil", decode_tile: int | None = None,
                  **options) -> list | torch.Tensor:
-        """Sample images. ``seeds`` gives image k its own generator, so it can be regenerated alone.
+        """Sample images. ``seeds`` gives image k its own generator, so it can be regenerated alone, with
+        any sampler and in any batch.
 
         Spatial conditions set the output size (a low-res image of side s gives s * factor), so
         super-resolution and semantic synthesis run beyond the training size (convolutional sampling);
         ``decode_tile`` (in latent pixels) decodes such large images in overlapping tiles.
+
+        Editing: ``image`` alone is img2img: its latent (the posterior mode) is noised to the timestep
+        where the last ``strength`` (default 0.8) of the steps begin, and those steps run; strength 0
+        gives back the first stage's reconstruction of the image. ``image`` + ``mask`` (1 = fill) on a
+        model without an inpainting concat condition re-imposes the known region at every step and pastes
+        the known pixels into the output (strength default 1: the fill starts from pure noise).
+        ``latents`` replaces the seeded start noise (e.g. the output of :meth:`invert`); ``output_type``
+        is "pil", "pt" (images in [-1, 1]) or "latent".
         """
         dev = self.device
         inputs = gather_inputs(self.cfg, dev, class_labels=class_labels, prompt=prompt,
@@ -207,15 +237,55 @@ class Pipeline(nn.Module):
         if seeds is not None:
             generator = [torch.Generator().manual_seed(int(s)) for s in seeds]
         h, w = self.latent_size(inputs, height, width)
-        noise = randn((n, self.cfg.latent_shape[0], h, w), generator, device=dev)
+        shape = (n, self.cfg.latent_shape[0], h, w)
+        if latents is not None:
+            if tuple(latents.shape) != shape:
+                raise ValueError(f"latents: shape {tuple(latents.shape)}, expected {shape}")
+            noise = latents.to(dev)
+        else:
+            noise = randn(shape, generator, device=dev)
         cond = self.condition(inputs.values, inputs.concat, (h, w))
         uncond = self.uncondition(n, cond, inputs.negative) if self.conditioner is not None else None
+        known = None
+        if inputs.image is not None:
+            z_image = self.encode_latents(inputs.image, sample=False)
+            if inputs.repaint_mask is not None:
+                known = (z_image, self.latent_mask(inputs.repaint_mask))
+            edits_with_mask = inputs.repaint_mask is not None or self.cfg.concat.kind == "inpaint"
+            strength = (1.0 if edits_with_mask else 0.8) if strength is None else strength
+            # inpainting at full strength starts from pure noise (as the inpainting models do); img2img
+            # always starts from the noised image
+            if strength < 1.0 or not edits_with_mask:
+                options |= {"x_init": z_image, "strength": strength}
+        elif strength is not None:
+            raise ValueError("strength given without image: img2img needs an image")
         z = self.sample_latents(cond, uncond, noise, steps=num_inference_steps, guidance_scale=guidance_scale,
-                                sampler=sampler, generator=generator, **options)
+                                sampler=sampler, generator=generator, known=known, **options)
+        if output_type == "latent":
+            return z
         images = self.decode_latents(z, decode_tile).clamp(-1, 1)
         if self.cfg.concat.kind == "inpaint" and self.cfg.concat.paste_known:
-            known = inputs.concat["masked_image"]
-            images = inputs.concat["mask"] * images + (1 - inputs.concat["mask"]) * known
+            known_pixels = inputs.concat["masked_image"]
+            images = inputs.concat["mask"] * images + (1 - inputs.concat["mask"]) * known_pixels
+        if inputs.repaint_mask is not None:  # the decoder is not local: paste the known pixels exactly
+            images = paste_known(images, inputs.image, inputs.repaint_mask)
         if output_type == "pt":
             return images
         return [to_pil(x) for x in images]
+
+    @torch.no_grad()
+    def invert(self, image: torch.Tensor, class_labels: Sequence[int] | torch.Tensor | None = None, *, prompt=None,
+               boxes=None, segmentation=None, low_res=None, mask=None, num_inference_steps: int = 50,
+               guidance_scale: float = 1.0, spacing: str = "uniform") -> torch.Tensor:
+        """DDIM inversion: images (B, C, H, W) in [-1, 1] -> start latents x_T that ``self(..., latents=x_T,
+        sampler="ddim", num_inference_steps=..., guidance_scale=...)`` maps back to (about) the same image.
+        Guidance above 1 makes the round trip inexact (the inverted ODE is not the guided one)."""
+        inputs = gather_inputs(self.cfg, self.device, class_labels=class_labels, prompt=prompt, boxes=boxes,
+                               segmentation=segmentation, low_res=low_res, image=image, mask=mask)
+        h, w = self.latent_size(inputs, None, None)
+        cond = self.condition(inputs.values, inputs.concat, (h, w))
+        uncond = self.uncondition(inputs.n, cond) if self.conditioner is not None else None
+        scale = guidance_scale if uncond is not None else 1.0
+        z0 = self.encode_latents(inputs.image, sample=False)
+        return ddim_invert(cfg_denoise(self.model_fn, cond, uncond, scale), z0, self.schedule,
+                           steps=num_inference_steps, spacing=spacing)

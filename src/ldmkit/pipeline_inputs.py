@@ -28,6 +28,8 @@ class CallInputs:
     negative: Any = None                         # negative prompts (replace the null caption in guidance)
     concat: dict[str, Tensor] | None = None      # the concat condition's inputs
     image_hw: tuple[int, int] | None = None      # output size implied by a spatial input
+    image: Tensor | None = None                  # (B, C, H, W) in [-1, 1]: img2img start / image to inpaint
+    repaint_mask: Tensor | None = None           # (B, 1, H, W), 1 = fill: inpainting by re-imposing (any model)
 
 
 def _with_batch(x: Any, dims: int, dtype: torch.dtype, device) -> Tensor:
@@ -51,9 +53,9 @@ def gather_inputs(cfg, device, *, class_labels=None, prompt=None, negative_promp
     key = CONTEXT_KEYS.get(cfg.conditioner.kind)
     given = {"label": class_labels, "caption": prompt, "boxes": boxes, "segmentation": segmentation,
              "low_res": low_res, "image": image, "mask": mask}
-    wanted = ({key} if key else set()) | set(cfg.concat.input_keys)
-    if "masked_image" in wanted:
-        wanted = (wanted - {"masked_image"}) | {"image"}
+    # image (img2img) and image + mask (inpainting by re-imposing the known region) work with any model
+    wanted = ({key} if key else set()) | set(cfg.concat.input_keys) | {"image", "mask"}
+    wanted.discard("masked_image")
     for k, v in given.items():
         if v is not None and k not in wanted:
             raise ValueError(f"{ARG_NAMES[k]} given, but this pipeline is not conditioned on it "
@@ -77,12 +79,19 @@ def gather_inputs(cfg, device, *, class_labels=None, prompt=None, negative_promp
         batch["segmentation"] = _with_batch(segmentation, 3, torch.long, device)  # (B, H, W)
     if low_res is not None:
         batch["low_res"] = _with_batch(low_res, 4, torch.float32, device)  # (B, C, h, w)
-    if image is not None or mask is not None:
-        if image is None or mask is None:
-            raise ValueError("inpainting needs both image and mask")
+    if mask is not None and image is None:
+        raise ValueError("mask given without image: inpainting needs both image and mask")
+    if image is not None:
         batch["image"] = _with_batch(image, 4, torch.float32, device)
+        channels = cfg.autoencoder.in_channels
+        if batch["image"].shape[1] != channels:
+            raise ValueError(f"image: {batch['image'].shape[1]} channels, the autoencoder takes {channels}")
+    if mask is not None:
         m = torch.as_tensor(mask, dtype=torch.float32).to(device)
         batch["mask"] = m.reshape(-1, 1, *m.shape[-2:]) if m.dim() != 4 else m  # (B, 1, H, W), 1 = fill
+        if batch["mask"].shape[-2:] != batch["image"].shape[-2:]:
+            raise ValueError(f"mask: size {tuple(batch['mask'].shape[-2:])} differs from the image's "
+                             f"{tuple(batch['image'].shape[-2:])}")
     sizes = [len(v) for v in batch.values()]
     n = max(sizes + [len(seeds) if seeds is not None else 0, num_images or 0, 1])
     batch = {k: _repeat(v, n, ARG_NAMES.get(k, k)) for k, v in batch.items()}
@@ -99,13 +108,21 @@ def gather_inputs(cfg, device, *, class_labels=None, prompt=None, negative_promp
     elif kind == "low_res" and "low_res" in batch:
         out.concat = {"low_res": batch["low_res"]}
         out.image_hw = tuple(s * cfg.concat.factor for s in batch["low_res"].shape[-2:])
-    elif kind == "inpaint" and "image" in batch:
+    elif kind == "inpaint" and "image" in batch and "mask" in batch:
         m = batch["mask"]
         out.concat = {"mask": m, "masked_image": batch["image"] * (1 - m)}
         out.image_hw = tuple(batch["image"].shape[-2:])
     elif kind != "none":
         raise ValueError(f"this pipeline is conditioned on a {kind} map: pass "
                          f"{', '.join(ARG_NAMES['image' if k == 'masked_image' else k] for k in cfg.concat.input_keys)}")
+    if "image" in batch:
+        out.image = batch["image"]
+        hw = tuple(batch["image"].shape[-2:])
+        if out.image_hw is not None and out.image_hw != hw:
+            raise ValueError(f"image: size {hw} differs from the output size {out.image_hw} the conditioning gives")
+        out.image_hw = hw
+        if kind != "inpaint" and "mask" in batch:
+            out.repaint_mask = batch["mask"]
     return out
 
 

@@ -7,6 +7,7 @@ import os
 import sys
 
 from ..config import ConfigError
+from ..diffusion.timesteps import SPACINGS
 from .convert import add_convert_parser, convert_command
 
 
@@ -41,14 +42,24 @@ def build_parser() -> argparse.ArgumentParser:
                    help='layout as JSON: [[class, x0, y0, x1, y1], ...] (class id or name, corners in [0, 1])')
     p.add_argument("--segmentation", default=None, help="semantic map PNG (pixel value = class id)")
     p.add_argument("--low-res", default=None, help="low-resolution image PNG to upscale (super-resolution)")
-    p.add_argument("--image", default=None, help="image PNG to inpaint (with --mask)")
-    p.add_argument("--mask", default=None, help="mask PNG: white = region to fill")
+    p.add_argument("--image", default=None,
+                   help="image PNG: img2img start (with --strength), or the image to inpaint (with --mask)")
+    p.add_argument("--mask", default=None, help="mask PNG: white = region to fill (inpainting, any model)")
+    p.add_argument("--strength", type=float, default=None,
+                   help="img2img: share of the steps run from the noised --image, in [0, 1] "
+                        "(default 0.8; 1 with --mask)")
     p.add_argument("--size", type=int, default=None, help="output side in pixels (default: the training size)")
     p.add_argument("--decode-tile", type=int, default=None,
                    help="decode in overlapping tiles of this many latent pixels (large outputs, bounded memory)")
     p.add_argument("--steps", type=int, default=50)
-    p.add_argument("--sampler", default="ddim")
-    p.add_argument("--eta", type=float, default=0.0, help="DDIM eta (0 = deterministic)")
+    p.add_argument("--sampler", default="ddim",
+                   help="ddim, plms, dpmpp_2m, dpmpp_2m_karras, euler, euler_a, heun, ddpm, or a diffusers "
+                        "scheduler class (DPMSolverMultistepScheduler, ...)")
+    p.add_argument("--eta", type=float, default=None,
+                   help="noise of ddim (default 0 = deterministic) or euler_a (default 1)")
+    p.add_argument("--spacing", default=None, choices=SPACINGS,
+                   help="timestep spacing (default: uniform for ddim / plms, linspace for the sigma-space samplers)")
+    p.add_argument("--karras", action="store_true", help="Karras sigmas (euler, euler_a, heun, dpmpp_2m)")
     p.add_argument("--guidance", type=float, default=3.0, help="classifier-free guidance scale (1 = off)")
     p.add_argument("--seed", type=int, default=0, help="image k gets seed + k")
     p.add_argument("--batch-size", type=int, default=100)

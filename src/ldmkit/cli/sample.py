@@ -12,6 +12,7 @@ from PIL import Image
 from ..device import resolve_device
 from ..imageio import from_pil, save_grid, save_png
 from ..convert.loader import load_pipeline_any
+from ..diffusion import check_options, sampler_name
 
 
 def parse_classes(values: list[str] | None, names: list[str], num_classes: int) -> list[int]:
@@ -102,15 +103,28 @@ def _stack(items: list[dict]) -> dict:
     return out
 
 
+def sample_options(args: argparse.Namespace) -> dict:
+    """Sampler options given on the command line (only those given: each sampler keeps its defaults)."""
+    options = {k: v for k, v in (("eta", args.eta), ("spacing", args.spacing)) if v is not None}
+    if args.karras:
+        options["karras"] = True
+    check_options(args.sampler, options)  # unknown names and options fail before the checkpoint loads
+    if args.strength is not None:
+        if not args.image:
+            raise ValueError("--strength given without --image: img2img needs an image")
+        options["strength"] = args.strength
+    return options
+
+
 def sample_command(args: argparse.Namespace) -> None:
+    options = sample_options(args)
     pipe = load_pipeline_any(  # ldmkit, original .ckpt or diffusers folder
         args.checkpoint, device=resolve_device(args.device))
     items = condition_inputs(args, pipe)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    settings = {"checkpoint": str(args.checkpoint), "sampler": args.sampler, "steps": args.steps,
-                "eta": args.eta, "guidance": args.guidance}
-    options = {"eta": args.eta} if args.sampler == "ddim" else {}
+    settings = {"checkpoint": str(args.checkpoint), "sampler": sampler_name(args.sampler), "steps": args.steps,
+                "guidance": args.guidance, **options}
     images = []
     for start in range(0, len(items), args.batch_size):
         chunk = items[start:start + args.batch_size]

@@ -17,12 +17,21 @@ from ldmkit.diffusion.parameterization import (
     q_sample,
     target,
 )
-from ldmkit.diffusion.samplers import SAMPLERS, ddim_invert, ddim_timesteps, get_sampler, sample_ddim, sample_ddpm
+from ldmkit.diffusion.discrete import DiscreteDenoiser, DiscreteSchedule
+from ldmkit.diffusion.editing import abar_at, paste_known, reimpose_known
+from ldmkit.diffusion.plms import sample_plms
+from ldmkit.diffusion.registry import SAMPLERS, check_options, get_sampler, sampler_name, sampler_options
+from ldmkit.diffusion.samplers import ddim_invert, ddim_timesteps, sample_ddim, sample_ddpm
+from ldmkit.diffusion.samplers_k import sample_dpmpp_2m, sample_euler, sample_euler_ancestral, sample_heun
 from ldmkit.diffusion.schedule import TABLES, Schedule, ScheduleConfig, make_betas
+from ldmkit.diffusion.timesteps import SPACINGS, karras_sigmas, spaced_timesteps
 
 __all__ = [
-    "SAMPLERS", "TABLES", "Schedule", "ScheduleConfig", "cfg_denoise", "concat_cond", "ddim_invert",
-    "ddim_timesteps", "diffusion_loss", "get_sampler", "get_v", "make_betas", "model_output_to_eps_x0",
-    "predict_eps_from_v", "predict_eps_from_x0", "predict_x0_from_eps", "predict_x0_from_v", "q_posterior",
-    "q_sample", "randint", "randn", "sample_ddim", "sample_ddpm", "target",
+    "SAMPLERS", "SPACINGS", "TABLES", "DiscreteDenoiser", "DiscreteSchedule", "Schedule", "ScheduleConfig",
+    "abar_at", "cfg_denoise", "check_options", "concat_cond", "ddim_invert", "ddim_timesteps", "diffusion_loss",
+    "get_sampler", "get_v", "karras_sigmas", "make_betas", "model_output_to_eps_x0", "predict_eps_from_v",
+    "predict_eps_from_x0", "predict_x0_from_eps", "predict_x0_from_v", "q_posterior", "q_sample", "randint",
+    "paste_known", "randn", "reimpose_known", "sample_ddim", "sample_ddpm", "sample_dpmpp_2m", "sample_euler",
+    "sample_euler_ancestral", "sample_heun", "sample_plms", "sampler_name", "sampler_options",
+    "spaced_timesteps", "target",
 ]

@@ -1,15 +1,21 @@
-"""Reverse-process samplers sharing one signature.
+"""Reverse-process samplers on the discrete schedule: DDPM, DDIM, DDIM inversion.
+
+All samplers (here, :mod:`.plms`, :mod:`.samplers_k`) share one signature:
 
     sample_xxx(denoise_fn, x_T, schedule, *, steps=None, generator=None, callback=None, **options) -> x_0
 
 ``denoise_fn(x_t, t)`` returns the raw model output (eps, x0 or v per ``schedule.parameterization``)
-for a LongTensor ``t`` of shape (B,); ``callback(step_index, t, x, x0_pred)`` runs after each step.
-``generator`` is None, a ``torch.Generator`` or one generator per sample (see :mod:`.noise`).
-Step coefficients are computed in float64 on the schedule, then cast to ``x``'s dtype.
+for a tensor ``t`` of shape (B,): a LongTensor of training timesteps (sigma-space samplers may pass
+fractional float32 timesteps, see :mod:`.discrete`); ``callback(step_index, t, x, x0_pred)`` runs
+after each step. ``generator`` is None, a ``torch.Generator`` or one generator per sample (see
+:mod:`.noise`). ``x_init`` + ``strength`` (img2img, SDEdit) start from q_sample(x_init, t) at the
+timestep where the last min(int(N strength), N) of the N steps begin, with ``x_T`` as the noise;
+strength 0 returns ``x_init``. Step coefficients are computed in float64 on the schedule, then cast
+to ``x``'s dtype. The registry of names lives in :mod:`.registry`.
 """
 from __future__ import annotations
 
-from typing import Callable, Literal, Optional
+from typing import Callable, Optional
 
 import numpy as np
 import torch
@@ -17,12 +23,12 @@ from torch import Tensor
 
 from ldmkit.config import ConfigError
 from ldmkit.diffusion import noise as noise_lib
-from ldmkit.diffusion.parameterization import model_output_to_eps_x0, q_posterior
+from ldmkit.diffusion.parameterization import model_output_to_eps_x0, q_posterior, q_sample
 from ldmkit.diffusion.schedule import Schedule
+from ldmkit.diffusion.timesteps import integer_timesteps, original_timesteps, steps_to_run
 
 DenoiseFn = Callable[[Tensor, Tensor], Tensor]
 Callback = Optional[Callable[[int, int, Tensor, Tensor], None]]
-Discretization = Literal["uniform", "quad"]
 
 
 def _full_t(t: int, x: Tensor) -> Tensor:
@@ -34,9 +40,20 @@ def _coef(value: Tensor, x: Tensor) -> Tensor:
     return value.to(x.dtype).to(x.device)
 
 
+def start_step(n_steps: int, x_T: Tensor, x_init: Tensor | None, strength: float) -> int:
+    """How many of the ``n_steps`` steps run: all for plain sampling, the img2img share otherwise."""
+    if x_init is None:
+        if strength != 1.0:
+            raise ConfigError("strength: only used with x_init (img2img)")
+        return n_steps
+    if x_init.shape != x_T.shape:
+        raise ConfigError(f"x_init: shape {tuple(x_init.shape)} differs from the noise's {tuple(x_T.shape)}")
+    return steps_to_run(n_steps, strength)
+
+
 def sample_ddpm(denoise_fn: DenoiseFn, x_T: Tensor, schedule: Schedule, *, steps: int | None = None,
                 generator: noise_lib.Generators = None, callback: Callback = None,
-                clip_denoised: bool = False) -> Tensor:
+                clip_denoised: bool = False, x_init: Tensor | None = None, strength: float = 1.0) -> Tensor:
     """Ancestral sampling over all T steps (Ho et al. 2020, Algorithm 2).
 
     Each step predicts x_0 (DDPM eq. 15), then draws from the posterior q(x_{t-1} | x_t, x_0) at that
@@ -47,8 +64,11 @@ def sample_ddpm(denoise_fn: DenoiseFn, x_T: Tensor, schedule: Schedule, *, steps
     """
     if steps is not None and steps != schedule.timesteps:
         raise ConfigError(f"steps: DDPM sampling runs all {schedule.timesteps} steps, got steps={steps}")
-    x = x_T
-    for step_index, t in enumerate(range(schedule.timesteps - 1, -1, -1)):
+    k = start_step(schedule.timesteps, x_T, x_init, strength)
+    if k == 0:
+        return x_init.clone()
+    x = x_T if x_init is None else q_sample(schedule, x_init, _full_t(k - 1, x_T), x_T)
+    for step_index, t in enumerate(range(k - 1, -1, -1)):
         # 1. Predict eps and x_0 from the model output at (x_t, t).
         tt = _full_t(t, x)
         _, x0 = model_output_to_eps_x0(schedule, denoise_fn(x, tt), x, tt)
@@ -67,24 +87,12 @@ def sample_ddpm(denoise_fn: DenoiseFn, x_T: Tensor, schedule: Schedule, *, steps
     return x
 
 
-def ddim_timesteps(timesteps: int, steps: int, discretization: Discretization = "uniform") -> np.ndarray:
-    """The DDIM sub-sequence of training timesteps, as the original ``make_ddim_timesteps``.
-
-    uniform: arange(0, T, T // steps) + 1 (e.g. T=1000, steps=50 gives 1, 21, ..., 981; when
-    T // steps does not divide T this yields more than ``steps`` timesteps, as in the original);
-    quad: int(linspace(0, sqrt(0.8 T), steps)^2) + 1. Where the "+1" shift reaches T (e.g. T=1000
-    with steps=3 or steps > 500) the original indexes past its schedule and crashes; here that
-    last timestep is dropped instead, which keeps every valid combination identical to the original.
-    """
-    if not 1 <= steps <= timesteps:
-        raise ConfigError(f"steps: must be in [1, {timesteps}] (the number of training timesteps), got {steps}")
-    if discretization == "uniform":
-        ts = np.arange(0, timesteps, timesteps // steps) + 1
-    elif discretization == "quad":
-        ts = (np.linspace(0, np.sqrt(timesteps * 0.8), steps) ** 2).astype(int) + 1
-    else:
-        raise ConfigError(f"discretization: expected uniform or quad, got {discretization!r}")
-    return ts[ts < timesteps].astype(np.int64)
+def ddim_timesteps(timesteps: int, steps: int, discretization: str = "uniform") -> np.ndarray:
+    """The DDIM sub-sequence of training timesteps (int64, ascending) for any spacing of :mod:`.timesteps`;
+    "uniform" / "quad" are the original ``make_ddim_timesteps`` (see :func:`~.timesteps.original_timesteps`)."""
+    if discretization in ("uniform", "quad"):
+        return original_timesteps(timesteps, steps, discretization)
+    return integer_timesteps(timesteps, steps, discretization)
 
 
 def _ddim_alphas(schedule: Schedule, ts: np.ndarray) -> tuple[Tensor, Tensor]:
@@ -96,21 +104,29 @@ def _ddim_alphas(schedule: Schedule, ts: np.ndarray) -> tuple[Tensor, Tensor]:
 
 def sample_ddim(denoise_fn: DenoiseFn, x_T: Tensor, schedule: Schedule, *, steps: int | None = 50,
                 generator: noise_lib.Generators = None, callback: Callback = None,
-                eta: float = 0.0, discretization: Discretization = "uniform") -> Tensor:
+                eta: float = 0.0, spacing: str = "uniform", x_init: Tensor | None = None,
+                strength: float = 1.0) -> Tensor:
     """DDIM sampling (Song et al. 2021, eq. 12) on the sub-sequence :func:`ddim_timesteps`.
 
     x_prev = sqrt(a_prev) x0_pred + sqrt(1 - a_prev - sigma^2) eps + sigma z, with
     sigma = eta sqrt((1 - a_prev) / (1 - a) (1 - a / a_prev)) (eq. 16). eta = 0 is deterministic
     and draws no noise; eta = 1 matches DDPM's posterior variance. ``steps=None`` means 50.
+
+    The default spacing "uniform" is the original's (diffusers' DDIMScheduler with "leading" spacing
+    and steps_offset=1 when ``steps`` divides T); the step from the smallest timestep lands on abar_0
+    (diffusers' ``set_alpha_to_one=False``).
     """
     if eta < 0:
         raise ConfigError(f"eta: must be >= 0, got {eta}")
-    ts = ddim_timesteps(schedule.timesteps, 50 if steps is None else steps, discretization)
+    ts = ddim_timesteps(schedule.timesteps, 50 if steps is None else steps, spacing)
     a, a_prev = _ddim_alphas(schedule, ts)
     sigma = eta * ((1 - a_prev) / (1 - a) * (1 - a / a_prev)).sqrt()
     dir_coef = (1 - a_prev - sigma**2).sqrt()
-    x = x_T
-    for step_index, i in enumerate(range(len(ts) - 1, -1, -1)):
+    k = start_step(len(ts), x_T, x_init, strength)
+    if k == 0:
+        return x_init.clone()
+    x = x_T if x_init is None else q_sample(schedule, x_init, _full_t(ts[k - 1], x_T), x_T)
+    for step_index, i in enumerate(range(k - 1, -1, -1)):
         # 1. Model output at the DDIM timestep, converted to (eps, x0_pred) (eq. 12, first term).
         tt = _full_t(ts[i], x)
         eps, x0 = model_output_to_eps_x0(schedule, denoise_fn(x, tt), x, tt)
@@ -125,13 +141,13 @@ def sample_ddim(denoise_fn: DenoiseFn, x_T: Tensor, schedule: Schedule, *, steps
 
 
 def ddim_invert(denoise_fn: DenoiseFn, x0: Tensor, schedule: Schedule, *, steps: int = 50,
-                discretization: Discretization = "uniform", callback: Callback = None) -> Tensor:
+                spacing: str = "uniform", callback: Callback = None) -> Tensor:
     """Deterministic DDIM inversion x_0 -> x_T: eq. 12 with eta = 0 run upward on the same timesteps.
 
     As in Stable Diffusion's ``DDIMSampler.encode``, step i moves x from level a_prev[i] to a[i]
     using the model evaluated at (x, ts[i]); x0_pred uses the current level a_prev[i].
     """
-    ts = ddim_timesteps(schedule.timesteps, steps, discretization)
+    ts = ddim_timesteps(schedule.timesteps, steps, spacing)
     a, a_prev = _ddim_alphas(schedule, ts)
     x = x0
     for i in range(len(ts)):
@@ -145,13 +161,3 @@ def ddim_invert(denoise_fn: DenoiseFn, x0: Tensor, schedule: Schedule, *, steps:
         if callback is not None:
             callback(i, int(ts[i]), x, x0_pred)
     return x
-
-
-SAMPLERS: dict[str, Callable[..., Tensor]] = {"ddpm": sample_ddpm, "ddim": sample_ddim}
-
-
-def get_sampler(name: str) -> Callable[..., Tensor]:
-    """The sampler registered under ``name`` (a ConfigError lists the known names)."""
-    if name not in SAMPLERS:
-        raise ConfigError(f"sampler: unknown {name!r} (known: {', '.join(sorted(SAMPLERS))})")
-    return SAMPLERS[name]
