@@ -52,8 +52,11 @@ class BatchStream:
             if self._tensors is not None:
                 it = ({k: v[idx] for k, v in self._tensors.items()} for idx in map(torch.tensor, batches))
             else:  # one loader per epoch keeps its workers alive across batches
+                # its own generator: a DataLoader otherwise draws its worker base seed from the global RNG,
+                # once per iterator, so a resumed run (a new iterator mid-epoch) would drift from a straight one
+                g = torch.Generator().manual_seed(self.seed + self.epoch)
                 it = iter(DataLoader(self.dataset, batch_sampler=batches, num_workers=self.num_workers,
-                                     collate_fn=collate))
+                                     collate_fn=collate, generator=g))
             for idx, batch in zip(batches, it):
                 self.index += gb
                 yield batch | {"index": torch.tensor(idx)}  # lets callers look items up in caches
