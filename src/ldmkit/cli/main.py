@@ -124,7 +124,8 @@ def _run(args: argparse.Namespace) -> None:
             from ..training.ldm_loop import LDMRunConfig, train_ldm
 
             path = train_ldm(load_config(LDMRunConfig, args.config, args.overrides), resume=not args.no_resume)
-        print(f"weights: {path}")
+        if int(os.environ.get("RANK", "0")) == 0:  # under torchrun every rank returns the path; one line is enough
+            print(f"weights: {path}")
     elif args.command == "cache-latents":
         from ..config import load_config
         from ..training.ldm_loop import LDMRunConfig, cache_latents
