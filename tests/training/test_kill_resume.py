@@ -77,7 +77,7 @@ def test_sigkill_then_resume_is_bit_identical(tmp_path, kind, tiny_first_stage):
     resumed = train(make(tmp_path / "killed"))  # the same command again: resumes from checkpoint.pt
     straight = train(make(tmp_path / "straight"))
     assert_same_tensors(straight, resumed)
-    ca, cb = load_checkpoint(tmp_path / "straight" / "checkpoint.pt"), load_checkpoint(tmp_path / "killed" / "checkpoint.pt")
+    ca, cb = (load_checkpoint(tmp_path / name / "checkpoint.pt") for name in ("straight", "killed"))
     for k in ca["model"]:
         assert torch.equal(ca["model"][k], cb["model"][k]), k
     assert ca["stream"] == cb["stream"] and torch.equal(ca["rng"]["torch"], cb["rng"]["torch"])

@@ -12,7 +12,7 @@ from ldmkit.cli.main import main
 from ldmkit.config import load_config
 from ldmkit.data import build_dataset
 from ldmkit.training.autoencoder_loop import AutoencoderRunConfig, train_autoencoder
-from ldmkit.training.latents import INDEX, LatentCache, LatentSource, cache_dir, canonical
+from ldmkit.training.latents import INDEX, LatentCache, LatentSource, ShardedLatentCache, cache_dir, canonical
 from ldmkit.training.ldm_loop import LDMRunConfig, train_ldm
 from ldmkit.training.seeding import sample_generators
 from ldmkit.weights import load_release, save_release
@@ -81,6 +81,12 @@ def test_cache_latents_writes_shards_with_mirror_images(tmp_path, tiny_ae, folde
     for got, want in ((cache.mean, mean), (cache.std, std), (cache.mean_flip, mean_flip), (cache.std_flip, std_flip)):
         torch.testing.assert_close(got, want, atol=1e-6, rtol=1e-5)
     assert not torch.allclose(cache.mean, cache.mean_flip)  # random images are not mirror-symmetric
+    # a cache too large for memory is read row by row from the shards: the same lookups
+    lazy = LatentCache.load(path, max_bytes=0)
+    assert isinstance(lazy, ShardedLatentCache) and len(lazy) == 19 and lazy.flips
+    index, flip = torch.tensor([18, 0, 7, 8, 9, 16]), torch.tensor([True, False, True, False, True, False])
+    for got, want in zip(lazy.moments(index, flip), cache.moments(index, flip)):
+        assert torch.equal(got, want)
 
     # an interrupted cache (no index, a shard missing) re-encodes only what is missing
     (path / INDEX).unlink()

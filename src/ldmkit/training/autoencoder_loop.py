@@ -167,7 +167,7 @@ def _train(cfg: AutoencoderRunConfig, resume: bool, out: Path, device: torch.dev
             _save_reconstructions(model, fixed, out / "samples" / f"recon_{step:07d}.png")
         if step % tc.ckpt_every == 0:
             ckpt.save(step)
-        if dist.any(budget.spent(), device):
+        if tc.max_minutes and dist.any(budget.spent(), device):  # every rank stops at the same step
             log.write(f"time budget of {tc.max_minutes} min spent at step {step}")
             break
     log.close()

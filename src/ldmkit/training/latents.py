@@ -9,6 +9,7 @@ stopped. Moments (not samples) are stored: training still draws a fresh posterio
 """
 from __future__ import annotations
 
+import bisect
 import hashlib
 import json
 from dataclasses import dataclass, replace
@@ -16,6 +17,7 @@ from pathlib import Path
 from typing import Callable
 
 import torch
+from safetensors import safe_open
 from torch.utils.data import DataLoader, Dataset, Subset
 
 from ..config import to_dict
@@ -46,7 +48,8 @@ def cache_key(first_stage: Path, data: DataConfig, encode_precision: str) -> str
 
 def cache_dir(first_stage: Path, data: DataConfig, encode_precision: str) -> Path:
     """Where the cache for this (autoencoder weights, data config, precision) lives."""
-    return Path(first_stage).parent / "latent_cache" / f"{data.name}-train-{cache_key(first_stage, data, encode_precision)}"
+    key = cache_key(first_stage, data, encode_precision)
+    return Path(first_stage).parent / "latent_cache" / f"{data.name}-train-{key}"
 
 
 @dataclass
@@ -66,12 +69,18 @@ class LatentCache:
         return self.mean_flip is not None
 
     @classmethod
-    def load(cls, path: Path) -> LatentCache | None:
-        """The cache at ``path``, or None when it is absent or incomplete (no index yet)."""
+    def load(cls, path: Path, max_bytes: int = 2 << 30) -> LatentCache | ShardedLatentCache | None:
+        """The cache at ``path``, or None when it is absent or incomplete (no index yet).
+
+        Up to ``max_bytes`` of shards are read into memory; a larger cache (ImageNet at kl-f8 is tens of
+        GB, per process) is read row by row from the memory-mapped shards instead.
+        """
         path = Path(path)
         if not (path / INDEX).is_file():
             return None
         index = json.loads((path / INDEX).read_text())
+        if sum((path / name).stat().st_size for name in index["shards"]) > max_bytes:
+            return ShardedLatentCache(path, index)
         parts = [load_release(path / name)[0] for name in index["shards"]]
         cat = {k: torch.cat([p[k] for p in parts]) for k in parts[0]}
         cache = cls(cat["mean"], cat["std"], cat.get("mean_flip"), cat.get("std_flip"))
@@ -87,6 +96,32 @@ class LatentCache:
             mean = torch.where(sel, self.mean_flip[index], mean)
             std = torch.where(sel, self.std_flip[index], std)
         return mean, std
+
+
+class ShardedLatentCache:
+    """The same lookups as :class:`LatentCache`, reading only the rows a batch needs from the shards."""
+
+    def __init__(self, path: Path, index: dict):
+        self.files = [safe_open(str(Path(path) / name), framework="pt") for name in index["shards"]]
+        counts = [f.get_slice("mean").get_shape()[0] for f in self.files]
+        self.starts = [sum(counts[:k]) for k in range(len(counts))]
+        self.n = sum(counts)
+        if self.n != index["n"]:
+            raise ValueError(f"{path}: the shards hold {self.n} items, the index says {index['n']}")
+        self.flips = "mean_flip" in self.files[0].keys()
+
+    def __len__(self) -> int:
+        return self.n
+
+    def _row(self, key: str, i: int) -> torch.Tensor:
+        k = bisect.bisect_right(self.starts, i) - 1
+        return self.files[k].get_slice(key)[i - self.starts[k]]  # (c, h, w)
+
+    def moments(self, index: torch.Tensor, flip: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+        flips = flip.tolist() if flip is not None and self.flips else [False] * len(index)
+        keys = [("mean_flip", "std_flip") if f else ("mean", "std") for f in flips]
+        rows = [(self._row(m, i), self._row(s, i)) for i, (m, s) in zip(index.tolist(), keys)]
+        return torch.stack([r[0] for r in rows]), torch.stack([r[1] for r in rows])
 
 
 def _image_batches(dataset: Dataset, start: int, stop: int, batch_size: int, num_workers: int):
@@ -105,7 +140,7 @@ def _image_batches(dataset: Dataset, start: int, stop: int, batch_size: int, num
 @torch.no_grad()
 def encode_dataset(autoencoder, dataset: Dataset, path: Path, *, flips: bool, precision: str,
                    device: torch.device, batch_size: int = 64, shard_size: int = 4096, num_workers: int = 0,
-                   metadata: dict | None = None, log: Callable[[str], None] | None = None) -> LatentCache:
+                   metadata: dict | None = None, log: Callable[[str], None] | None = None) -> Path:
     """Encode every item of ``dataset`` (built without random flips) into the sharded cache at ``path``.
 
     With ``flips`` the mirrored images are encoded too: training then picks the original or the mirror
@@ -134,9 +169,7 @@ def encode_dataset(autoencoder, dataset: Dataset, path: Path, *, flips: bool, pr
             log(f"latent cache: {stop}/{n} items encoded")
     index = {"n": n, "shards": names, "flips": flips, "encode_precision": precision, **(metadata or {})}
     atomic_write(path / INDEX, lambda tmp: Path(tmp).write_text(json.dumps(index, indent=1)))
-    cache = LatentCache.load(path)
-    assert cache is not None
-    return cache
+    return path
 
 
 class LatentSource:
@@ -147,7 +180,8 @@ class LatentSource:
     image (inpainting, super-resolution) match the latent.
     """
 
-    def __init__(self, autoencoder, scale_factor: float, device: torch.device, cache: LatentCache | None = None):
+    def __init__(self, autoencoder, scale_factor: float, device: torch.device,
+                 cache: LatentCache | ShardedLatentCache | None = None):
         self.autoencoder, self.scale_factor, self.device, self.cache = autoencoder, scale_factor, device, cache
 
     def latents(self, batch: dict, generators: list[torch.Generator]) -> tuple[torch.Tensor, dict]:
@@ -158,7 +192,8 @@ class LatentSource:
                 flip = torch.stack([torch.rand((), generator=g) < 0.5 for g in generators])  # (B,) bool
                 if "image" in batch:
                     image = batch["image"]
-                    batch = batch | {"image": torch.where(flip.view(-1, 1, 1, 1).to(image.device), image.flip(-1), image)}
+                    mirrored = torch.where(flip.view(-1, 1, 1, 1).to(image.device), image.flip(-1), image)
+                    batch = batch | {"image": mirrored}
             mean, std = (m.to(self.device) for m in self.cache.moments(batch["index"], flip))
         else:
             with torch.no_grad():

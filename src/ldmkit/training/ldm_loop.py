@@ -23,7 +23,7 @@ from .checkpoint import Checkpointer
 from .config import TrainConfig, autocast, base_lr, grad_scaler, lr_factor
 from .distributed import Dist, no_sync
 from .ema import EMA
-from .latents import LatentCache, LatentSource, cache_dir, canonical, encode_dataset, uses_flips
+from .latents import LatentCache, LatentSource, ShardedLatentCache, cache_dir, canonical, encode_dataset, uses_flips
 from .logger import RunLogger
 from .run import TimeBudget, seed_rank, set_lr, start_run
 from .seeding import sample_generators
@@ -137,7 +137,7 @@ class DenoiserLoss(nn.Module):
         return loss_per  # (B,)
 
 
-def open_latent_cache(cfg: LDMRunConfig) -> tuple[Path | None, LatentCache | None]:
+def open_latent_cache(cfg: LDMRunConfig) -> tuple[Path | None, LatentCache | ShardedLatentCache | None]:
     """(where this run's latent cache lives, the cache if it is complete); (None, None) when caching is off."""
     if not cfg.train.cache_latents:
         return None, None
@@ -277,7 +277,7 @@ def _train(cfg: LDMRunConfig, released: Pipeline | None, resume: bool, out: Path
             log.log(step, evaluator(_ema_pipeline(pipe, ema.model).eval()))
         if step % tc.ckpt_every == 0:
             ckpt.save(step)
-        if dist.any(budget.spent(), device):
+        if tc.max_minutes and dist.any(budget.spent(), device):  # every rank stops at the same step
             log.write(f"time budget of {tc.max_minutes} min spent at step {step}")
             break
     log.close()
