@@ -126,12 +126,13 @@ def gather_inputs(cfg, device, *, class_labels=None, prompt=None, negative_promp
     return out
 
 
-def batch_conditioning(cfg, batch: dict[str, Any], generator: torch.Generator | None = None) -> dict[str, Any]:
+def batch_conditioning(cfg, batch: dict[str, Any],
+                       generator: torch.Generator | list[torch.Generator] | None = None) -> dict[str, Any]:
     """A data batch -> the keyword inputs of ``Pipeline.__call__`` / ``gather_inputs`` for ``cfg``'s conditioning.
 
     Training pairs that the data set does not carry are made here from the image: a degraded low-res
     copy (super-resolution) or a mask from the paper's kind of generator (inpainting), drawn from
-    ``generator`` so that a resumed run draws the same ones.
+    ``generator`` so that a resumed run draws the same ones (or from one generator per sample).
     """
     kw: dict[str, Any] = {}
     key = CONTEXT_KEYS.get(cfg.conditioner.kind)
@@ -148,6 +149,11 @@ def batch_conditioning(cfg, batch: dict[str, Any], generator: torch.Generator | 
     elif kind == "low_res":
         if "low_res" in batch:
             kw["low_res"] = batch["low_res"]
+        elif cfg.concat.degradation == "bsr" and isinstance(generator, (list, tuple)):
+            # per-sample generators: each image degraded from its own seed (independent of the batch split)
+            images, seeds = batch["image"].cpu(), _draw_seeds(generator, len(batch["image"]))
+            kw["low_res"] = torch.cat([bsr_degrade(images[k:k + 1], cfg.concat.factor, torch.Generator().manual_seed(s))
+                                       for k, s in enumerate(seeds)])
         elif cfg.concat.degradation == "bsr":
             seed = _draw_seeds(generator, 1)[0]
             kw["low_res"] = bsr_degrade(batch["image"].cpu(), cfg.concat.factor, torch.Generator().manual_seed(seed))
@@ -166,6 +172,11 @@ def batch_conditioning(cfg, batch: dict[str, Any], generator: torch.Generator | 
     return kw
 
 
-def _draw_seeds(generator: torch.Generator | None, n: int) -> list[int]:
+def _draw_seeds(generator: torch.Generator | list[torch.Generator] | None, n: int) -> list[int]:
+    """``n`` seeds from one generator, or one seed from each of ``n`` per-sample generators."""
+    if isinstance(generator, (list, tuple)):
+        if len(generator) != n:
+            raise ValueError(f"{len(generator)} generators for {n} samples")
+        return [int(torch.randint(0, 2**31 - 1, (1,), generator=g, device=g.device)) for g in generator]
     dev = generator.device if generator is not None else "cpu"
     return [int(s) for s in torch.randint(0, 2**31 - 1, (n,), generator=generator, device=dev)]

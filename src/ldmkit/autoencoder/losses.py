@@ -4,7 +4,7 @@ Follows the original ``LPIPSWithDiscriminator`` (KL) and taming ``VQLPIPSWithDis
 """
 from __future__ import annotations
 
-from typing import Literal
+from typing import Callable, Literal
 
 import torch
 import torch.nn.functional as F
@@ -21,13 +21,18 @@ def disc_factor(step: int, start: int, factor: float) -> float:
     return factor if step >= start else 0.0
 
 
-def adaptive_weight(nll: torch.Tensor, g: torch.Tensor, last_layer: torch.Tensor, disc_weight: float) -> torch.Tensor:
+def adaptive_weight(nll: torch.Tensor, g: torch.Tensor, last_layer: torch.Tensor, disc_weight: float,
+                    reduce: Callable[[torch.Tensor], torch.Tensor] | None = None) -> torch.Tensor:
     """Balance the GAN term against the reconstruction term by their gradient norms at the last layer.
 
     ``||d nll/dW|| / (||d g/dW|| + 1e-4)``, clamped to [0, 1e4], detached, times ``disc_weight``.
+    ``reduce`` (data-parallel training: the mean over processes) turns each process's gradients into
+    the global batch's before the norms are taken, so every process uses the same weight.
     """
     nll_grad = torch.autograd.grad(nll, last_layer, retain_graph=True)[0]
     g_grad = torch.autograd.grad(g, last_layer, retain_graph=True)[0]
+    if reduce is not None:
+        nll_grad, g_grad = reduce(nll_grad), reduce(g_grad)
     weight = nll_grad.norm() / (g_grad.norm() + 1e-4)
     return weight.clamp(0.0, 1e4).detach() * disc_weight
 
@@ -57,6 +62,7 @@ class AutoencoderLoss(nn.Module):
                 raise ConfigError(f"loss.perceptual_weight: LPIPS needs 1- or 3-channel images, got {in_channels}")
             self.perceptual_loss = LPIPS.from_file(cfg.lpips_path)
         self.discriminator = NLayerDiscriminator(in_channels, cfg.disc_ndf, cfg.disc_num_layers)
+        self.grad_reduce: Callable[[torch.Tensor], torch.Tensor] | None = None  # see adaptive_weight
 
     def _rec(self, x: torch.Tensor, xrec: torch.Tensor) -> tuple[torch.Tensor, dict[str, float]]:
         diff = xrec - x
@@ -86,7 +92,7 @@ class AutoencoderLoss(nn.Module):
         if factor > 0:  # before disc_start the discriminator is not even run
             g = -self.discriminator(xrec).mean()
             if torch.is_grad_enabled() and nll.requires_grad and g.requires_grad:
-                d_weight = adaptive_weight(nll, g, last_layer, self.cfg.disc_weight)
+                d_weight = adaptive_weight(nll, g, last_layer, self.cfg.disc_weight, self.grad_reduce)
             else:  # evaluation without autograd: the original also falls back to 0
                 d_weight = torch.zeros((), device=x.device)
             total = total + d_weight * factor * g

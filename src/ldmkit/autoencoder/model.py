@@ -176,7 +176,8 @@ class Autoencoder(nn.Module):
         return self.decoder(self.post_quant_conv(z))  # (B, in_channels, R, R)
 
     def forward(
-        self, x: torch.Tensor, sample_posterior: bool = True, generator: torch.Generator | None = None
+        self, x: torch.Tensor, sample_posterior: bool = True,
+        generator: torch.Generator | list[torch.Generator] | None = None
     ) -> tuple[torch.Tensor, torch.Tensor, dict[str, Any]]:
         h = self.encode(x)  # (B, 2e or e, R/f, R/f)
         kwargs = {} if self.is_vq else {"generator": generator}

@@ -22,8 +22,14 @@ class DiagonalGaussian:
         self.std = torch.exp(0.5 * self.logvar)
         self.var = torch.exp(self.logvar)
 
-    def sample(self, generator: torch.Generator | None = None) -> torch.Tensor:
-        noise = torch.randn(self.mean.shape, generator=generator, device=self.mean.device, dtype=self.mean.dtype)
+    def sample(self, generator: torch.Generator | list[torch.Generator] | None = None) -> torch.Tensor:
+        if isinstance(generator, (list, tuple)):  # one generator per sample, drawn where it lives, in float32
+            if len(generator) != self.mean.shape[0]:
+                raise ValueError(f"{len(generator)} generators for a batch of {self.mean.shape[0]}")
+            noise = torch.stack([torch.randn(self.mean.shape[1:], generator=g, device=g.device).to(self.mean.device)
+                                 for g in generator]).to(self.mean.dtype)
+        else:
+            noise = torch.randn(self.mean.shape, generator=generator, device=self.mean.device, dtype=self.mean.dtype)
         return self.mean + self.std * noise
 
     def mode(self) -> torch.Tensor:
@@ -38,7 +44,7 @@ class KLRegularizer(nn.Module):
     """Samples (or takes the mode of) the posterior; the loss is the KL summed over CHW, batch-averaged."""
 
     def forward(
-        self, h: torch.Tensor, sample: bool = True, generator: torch.Generator | None = None
+        self, h: torch.Tensor, sample: bool = True, generator: torch.Generator | list[torch.Generator] | None = None
     ) -> tuple[torch.Tensor, torch.Tensor, dict[str, Any]]:
         posterior = DiagonalGaussian(h)  # h: (B, 2e, h, w)
         z = posterior.sample(generator) if sample else posterior.mode()  # (B, e, h, w)

@@ -24,6 +24,19 @@ def build_parser() -> argparse.ArgumentParser:
     _add_train(sub, "train-autoencoder", "train a first-stage autoencoder (KL or VQ)")
     _add_train(sub, "train-ldm", "train a latent diffusion model over a frozen autoencoder")
 
+    p = sub.add_parser("cache-latents", help="encode an LDM preset's training set once (latent cache for train-ldm)",
+                       description="Encode the training images (and their mirror images when data.flip) with the "
+                                   "preset's first stage into sharded safetensors files beside it; train-ldm "
+                                   "uses them when present. A changed autoencoder or data config gets a new cache.")
+    p.add_argument("config", help="LDM preset name (e.g. ldm/fmnist-class) or a YAML file")
+    p.add_argument("overrides", nargs="*", help="section.key=value overrides, e.g. first_stage=ae.safetensors")
+    p.add_argument("--batch-size", type=int, default=64, help="images per encoder call")
+    p.add_argument("--shard-size", type=int, default=4096, help="items per shard file")
+
+    p = sub.add_parser("report", help="one PNG of a run's loss / lr / metric curves and its latest samples")
+    p.add_argument("run_dir", help="a training run folder (holds events.jsonl)")
+    p.add_argument("--out", default=None, help="PNG path (default: RUN_DIR/report.png)")
+
     p = sub.add_parser("eval-autoencoder", help="PSNR / SSIM of an autoencoder on the held-out split")
     p.add_argument("weights", help="autoencoder.safetensors")
     p.add_argument("--n", type=int, default=0, help="number of test images (0 = all)")
@@ -122,7 +135,18 @@ def _run(args: argparse.Namespace) -> None:
             from ..training.ldm_loop import LDMRunConfig, train_ldm
 
             path = train_ldm(load_config(LDMRunConfig, args.config, args.overrides), resume=not args.no_resume)
-        print(f"weights: {path}")
+        if int(os.environ.get("RANK", "0")) == 0:  # under torchrun every rank returns the path; one line is enough
+            print(f"weights: {path}")
+    elif args.command == "cache-latents":
+        from ..config import load_config
+        from ..training.ldm_loop import LDMRunConfig, cache_latents
+
+        cache_latents(load_config(LDMRunConfig, args.config, args.overrides), batch_size=args.batch_size,
+                      shard_size=args.shard_size)
+    elif args.command == "report":
+        from ..training.report import render_report
+
+        print(f"report: {render_report(args.run_dir, args.out)}")
     elif args.command == "eval-autoencoder":
         from ..evaluation.autoencoder_report import evaluate_autoencoder
 

@@ -27,24 +27,33 @@ class Conditioner(nn.Module):
     def null(self, n: int, device: torch.device | str | None = None) -> ConditionValues:  # pragma: no cover
         raise NotImplementedError
 
-    def drop(self, values: ConditionValues, p: float, generator: torch.Generator | None = None) -> ConditionValues:
+    def drop(self, values: ConditionValues, p: float,
+             generator: torch.Generator | list[torch.Generator] | None = None) -> ConditionValues:
         """Replace each sample by the null input with probability ``p`` (condition dropout for CFG training).
 
         Tensors: the draw happens on ``values.device``, so ``generator`` must live there. Lists of str have no
         device: the draw happens on ``generator.device`` (CPU when no generator is given). One uniform number
         is drawn per sample whatever p is, so the generator advances the same way for p = 0, 1 or between.
+        A list of generators (one per sample) draws sample k's number from generator k, on its device.
         """
         if not 0.0 <= p <= 1.0:
             raise ValueError(f"{type(self).__name__}.drop: p must be in [0, 1], got {p}")
-        if isinstance(values, Tensor):
-            n = values.shape[0]
-            mask = torch.rand(n, generator=generator, device=values.device) < p  # rand in [0, 1): p=0 keeps all
-            null = self.null(n, values.device)
-            return torch.where(mask.view(n, *[1] * (values.dim() - 1)), null.to(values.dtype), values)
         if isinstance(values, str):
             raise TypeError(f"{type(self).__name__}.drop: expected a list of str, got one str")
+        n = values.shape[0] if isinstance(values, Tensor) else len(values)
+        if isinstance(generator, (list, tuple)):
+            if len(generator) != n:
+                raise ValueError(f"{type(self).__name__}.drop: {len(generator)} generators for {n} samples")
+            u = torch.stack([torch.rand((), generator=g, device=g.device).cpu() for g in generator])
+        else:
+            device = values.device if isinstance(values, Tensor) else (generator.device if generator is not None
+                                                                        else "cpu")
+            u = torch.rand(n, generator=generator, device=device)
+        mask = u < p  # rand in [0, 1): p=0 keeps all
+        if isinstance(values, Tensor):
+            mask = mask.to(values.device)
+            null = self.null(n, values.device)
+            return torch.where(mask.view(n, *[1] * (values.dim() - 1)), null.to(values.dtype), values)
         values = list(values)
-        device = generator.device if generator is not None else "cpu"
-        mask = (torch.rand(len(values), generator=generator, device=device) < p).tolist()
         null = self.null(len(values))
-        return [u if m else v for v, u, m in zip(values, null, mask)]
+        return [e if m else v for v, e, m in zip(values, null, mask.tolist())]

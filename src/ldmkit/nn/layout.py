@@ -86,6 +86,6 @@ class LayoutConditioner(Conditioner):
         """An empty layout: (n, max_objects, 5) rows of -1."""
         return torch.full((n, self.max_objects, 5), -1.0, device=device)
 
-    def drop(self, boxes: Tensor, p: float, generator: torch.Generator | None = None) -> Tensor:
+    def drop(self, boxes: Tensor, p: float, generator: torch.Generator | list[torch.Generator] | None = None) -> Tensor:
         """Conditioner.drop on the layout padded to max_objects (so it has the null layout's shape)."""
         return super().drop(self.pad(boxes), p, generator)

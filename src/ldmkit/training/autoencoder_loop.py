@@ -5,6 +5,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
+from torch import nn
 
 from ..autoencoder import Autoencoder, AutoencoderConfig, AutoencoderLoss, AutoencoderLossConfig
 from ..config import require, to_dict
@@ -12,10 +13,12 @@ from ..data import DataConfig, build_dataset
 from ..imageio import save_grid
 from ..weights import save_release
 from .checkpoint import Checkpointer
-from .config import TrainConfig, autocast, lr_factor
+from .config import TrainConfig, autocast, base_lr, grad_scaler, lr_factor
+from .distributed import Dist, no_sync
 from .logger import RunLogger
-from .run import TimeBudget, set_lr, start_run
-from .stream import BatchStream
+from .run import TimeBudget, seed_rank, set_lr, start_run
+from .seeding import sample_generators
+from .stream import BatchStream, split_batch
 
 
 @dataclass
@@ -58,67 +61,124 @@ def release_autoencoder(path: Path, model: Autoencoder, cfg: AutoencoderConfig, 
                                             "scale_factor": scale_factor, **(extra or {})})
 
 
-def train_autoencoder(cfg: AutoencoderRunConfig, resume: bool = True) -> Path:
-    """Train, checkpoint (atomic, resumable), and write ``autoencoder.safetensors``; returns its path."""
-    tc = cfg.train
-    out, device = start_run(cfg, tc)
+class DiscriminatorLoss(nn.Module):
+    """The PatchGAN loss (real and fake passes) as one forward: the unit DDP wraps for the discriminator.
 
+    The autoencoder's GAN term calls the bare discriminator instead: its gradient only steers the
+    autoencoder, and the discriminator's own gradients are zeroed before its step.
+    """
+
+    def __init__(self, loss_fn: AutoencoderLoss):
+        super().__init__()
+        self.discriminator = loss_fn.discriminator
+        self._loss = (loss_fn,)
+
+    def forward(self, x: torch.Tensor, xrec: torch.Tensor, step: int) -> tuple[torch.Tensor, dict[str, float]]:
+        return self._loss[0].discriminator_loss(x, xrec, step)
+
+
+def train_autoencoder(cfg: AutoencoderRunConfig, resume: bool = True) -> Path:
+    """Train, checkpoint (atomic, resumable), and write ``autoencoder.safetensors``; returns its path.
+
+    Runs as one process, or as one rank of a ``torchrun`` job (see docs/train-on-many-gpus.md).
+    """
+    out, device, dist = start_run(cfg, cfg.train)
+    try:
+        return _train(cfg, resume, out, device, dist)
+    finally:
+        dist.close()
+
+
+def _train(cfg: AutoencoderRunConfig, resume: bool, out: Path, device: torch.device, dist: Dist) -> Path:
+    tc = cfg.train
     train_set, test_set = build_dataset(cfg.data, "train"), build_dataset(cfg.data, "test")
     model = Autoencoder(cfg.model).to(device)
     loss_fn = AutoencoderLoss(cfg.loss, cfg.model.kind, cfg.model.in_channels).to(device)
+    seed_rank(tc.seed, dist)
+    if dist.active and device.type == "cuda":
+        # the discriminator's BatchNorm sees the global batch, as in one process (SyncBatchNorm is CUDA-only)
+        loss_fn.discriminator = nn.SyncBatchNorm.convert_sync_batchnorm(loss_fn.discriminator)
+    if dist.active:
+        loss_fn.grad_reduce = dist.average
+    if tc.channels_last:
+        model.to(memory_format=torch.channels_last)
+        loss_fn.to(memory_format=torch.channels_last)
+    ae, disc = dist.wrap(model, device), dist.wrap(DiscriminatorLoss(loss_fn), device)
     opt_ae = torch.optim.Adam(model.parameters(), lr=tc.lr, betas=(0.5, 0.9))
     opt_d = torch.optim.Adam(loss_fn.discriminator.parameters(), lr=tc.lr, betas=(0.5, 0.9))
-    stream = BatchStream(train_set, tc.batch_size, tc.seed, tc.num_workers)
-    gen = torch.Generator(device=device).manual_seed(tc.seed)  # posterior sampling
+    scaler = grad_scaler(device, tc.precision)
+    micro, accum = tc.batch_size, tc.grad_accum
+    stream = BatchStream(train_set, micro * accum, tc.seed, tc.num_workers, dist.rank, dist.world_size)
+    global_batch = micro * accum * dist.world_size
+    peak_lr = base_lr(tc, dist.world_size)
 
-    stateful = {"model": model, "loss": loss_fn, "opt_ae": opt_ae, "opt_d": opt_d, "stream": stream}
-    ckpt = Checkpointer(out / "checkpoint.pt", stateful, gen, device, to_dict(cfg))
+    stateful = {"model": model, "loss": loss_fn, "opt_ae": opt_ae, "opt_d": opt_d, "stream": stream} | (
+        {"scaler": scaler} if scaler.is_enabled() else {})
+    ckpt = Checkpointer(out / "checkpoint.pt", stateful, None, device, to_dict(cfg), dist)
     step = ckpt.restore() if resume else 0
 
     fixed = _first_images(test_set, 16).to(device)
-    log = RunLogger(out, tc.steps, step)
+    log = RunLogger(out, tc.steps, step, enabled=dist.is_main, tensorboard=tc.tensorboard)
+    if dist.world_size > 1 or accum > 1 or tc.scale_lr:
+        log.write(f"global batch {global_batch} = {micro} x {dist.world_size} process(es) x {accum} accumulation; "
+                  f"lr {peak_lr:.3g}")
     budget = TimeBudget(tc.max_minutes)
     model.train()
     batches = iter(stream)
     while step < tc.steps:  # check before drawing: the stream position is part of the checkpoint
         batch = next(batches)
-        lr = tc.lr * lr_factor(step, tc)
+        lr = peak_lr * lr_factor(step, tc)
         set_lr((opt_ae, opt_d), lr)
-        x = batch["image"].to(device, non_blocking=True)  # (B, C, H, W)
-        with autocast(device, tc.precision):
-            xrec, reg_loss, info = model(x, sample_posterior=True, generator=gen)
-            loss, values = loss_fn.generator_loss(x, xrec.float(), reg_loss, model.last_layer, step)
         opt_ae.zero_grad(set_to_none=True)
-        loss.backward()
+        pairs, logs = [], []
+        for k, mb in enumerate(split_batch(batch, accum)):
+            x = mb["image"].to(device, non_blocking=True)  # (B, C, H, W)
+            if tc.channels_last:
+                x = x.contiguous(memory_format=torch.channels_last)
+            # posterior noise per sample, keyed by its position in the global batch (see seeding.py)
+            gens = sample_generators(tc.seed, step, dist.rank * micro * accum + k * micro, len(x))
+            with no_sync(ae, k < accum - 1):
+                with autocast(device, tc.precision):
+                    xrec, reg_loss, info = ae(x, sample_posterior=True, generator=gens)
+                    loss, values = loss_fn.generator_loss(x, xrec.float(), reg_loss, model.last_layer, step)
+                scaler.scale(loss / accum if accum > 1 else loss).backward()
+            pairs.append((x, xrec.detach().float()))
+            logs.append(values | {k_: float(v) for k_, v in info.items() if k_ in ("perplexity", "usage")})
         if tc.grad_clip:
+            scaler.unscale_(opt_ae)
             torch.nn.utils.clip_grad_norm_(model.parameters(), tc.grad_clip)
-        opt_ae.step()
+        scaler.step(opt_ae)
         if step >= cfg.loss.disc_start:  # the discriminator is idle (and free) before disc_start
-            with autocast(device, tc.precision):
-                d_loss, d_values = loss_fn.discriminator_loss(x, xrec.detach().float(), step)
-            opt_d.zero_grad(set_to_none=True)
-            d_loss.backward()
-            opt_d.step()
-            values.update(d_values)
+            opt_d.zero_grad(set_to_none=True)  # drops what the autoencoder's GAN term left there
+            for k, (x, xrec) in enumerate(pairs):
+                with no_sync(disc, k < accum - 1):
+                    with autocast(device, tc.precision):
+                        d_loss, d_values = disc(x, xrec, step)
+                    scaler.scale(d_loss / accum if accum > 1 else d_loss).backward()
+                logs[k].update(d_values)
+            scaler.step(opt_d)
+        scaler.update()
         step += 1
         log.step()
         if step % tc.log_every == 0 or step == tc.steps:
-            values.update({k: float(v) for k, v in info.items() if k in ("perplexity", "usage")})
-            log.log(step, {k: float(v) for k, v in values.items()} | {"lr": lr}, tc.batch_size)
-        if step % tc.sample_every == 0:
+            values = {k_: sum(float(v[k_]) for v in logs) / len(logs) for k_ in logs[0]}
+            log.log(step, dist.mean(values, device) | {"lr": lr}, global_batch)  # every rank takes part
+        if step % tc.sample_every == 0 and dist.is_main:
             _save_reconstructions(model, fixed, out / "samples" / f"recon_{step:07d}.png")
         if step % tc.ckpt_every == 0:
             ckpt.save(step)
-        if budget.spent():
+        if tc.max_minutes and dist.any(budget.spent(), device):  # every rank stops at the same step
             log.write(f"time budget of {tc.max_minutes} min spent at step {step}")
             break
     log.close()
     ckpt.save(step)
-    model.eval()
-    _save_reconstructions(model, fixed, out / "samples" / "recon_final.png")
-    scale = estimate_scale_factor(model, _first_images(train_set, cfg.scale_samples).to(device), seed=tc.seed)
     release = out / "autoencoder.safetensors"
-    release_autoencoder(release, model, cfg.model, scale, {"train_steps": step, "data": to_dict(cfg.data)})
+    if dist.is_main:
+        model.eval()
+        _save_reconstructions(model, fixed, out / "samples" / "recon_final.png")
+        scale = estimate_scale_factor(model, _first_images(train_set, cfg.scale_samples).to(device), seed=tc.seed)
+        release_autoencoder(release, model, cfg.model, scale, {"train_steps": step, "data": to_dict(cfg.data)})
+    dist.barrier()
     return release
 
 

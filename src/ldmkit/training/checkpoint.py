@@ -13,6 +13,7 @@ import numpy as np
 import torch
 
 from ..weights import atomic_write
+from .distributed import Dist
 
 
 def rng_state() -> dict[str, Any]:
@@ -49,40 +50,64 @@ def load_checkpoint(path: Path, map_location: str | torch.device = "cpu") -> dic
     return torch.load(path, map_location=map_location, weights_only=True)
 
 
-
-
-def save_training_state(path: Path, stateful: dict[str, Any], generator: torch.Generator, step: int,
-                        config: dict[str, Any]) -> None:
+def save_training_state(path: Path, stateful: dict[str, Any], generator: torch.Generator | None, step: int,
+                        config: dict[str, Any], extra: dict[str, Any] | None = None) -> None:
     """Everything a run needs to continue as if never stopped: each object's state_dict, the
-    training generator, every global RNG, the step and the resolved config."""
+    training generator (if the loop has one), every global RNG, the step and the resolved config."""
     state = {name: obj.state_dict() for name, obj in stateful.items()}
-    save_checkpoint(path, state | {"generator": generator.get_state(), "rng": rng_state(), "step": step,
-                                   "config": config})
+    if generator is not None:
+        state["generator"] = generator.get_state()
+    save_checkpoint(path, state | {"rng": rng_state(), "step": step, "config": config} | (extra or {}))
 
 
-def load_training_state(path: Path, stateful: dict[str, Any], generator: torch.Generator,
-                        device: torch.device) -> int:
-    """Restore what :func:`save_training_state` wrote; returns the step to continue from."""
+def load_training_state(path: Path, stateful: dict[str, Any], generator: torch.Generator | None,
+                        device: torch.device, rank: int = 0, world_size: int = 1) -> int:
+    """Restore what :func:`save_training_state` wrote; returns the step to continue from.
+
+    Data-parallel checkpoints also hold every rank's global RNG state (``rng_ranks``): rank r takes
+    its own when the world size is unchanged, else rank 0 takes the saved one and the others keep
+    their fresh per-rank seeds.
+    """
     state = load_checkpoint(path, map_location=device)
     for name, obj in stateful.items():
         obj.load_state_dict(state[name])
-    generator.set_state(state["generator"].cpu())  # generator states are CPU byte tensors on every device
-    set_rng_state(state["rng"])
+    if generator is not None and "generator" in state:
+        generator.set_state(state["generator"].cpu())  # generator states are CPU byte tensors on every device
+    ranks = state.get("rng_ranks")
+    if ranks is not None and len(ranks) == world_size:
+        set_rng_state(ranks[rank])
+    elif rank == 0:
+        set_rng_state(state["rng"])
     return int(state["step"])
 
 
 class Checkpointer:
-    """The run's ``checkpoint.pt``: what the loops save every ``ckpt_every`` steps and resume from."""
+    """The run's ``checkpoint.pt``: what the loops save every ``ckpt_every`` steps and resume from.
 
-    def __init__(self, path: Path, stateful: dict[str, Any], generator: torch.Generator, device: torch.device,
-                 config: dict[str, Any]):
+    With a process group every rank calls ``save`` (the RNG states are gathered), rank 0 writes, and a
+    barrier keeps the others from running ahead of (or reading) a half-written checkpoint.
+    """
+
+    def __init__(self, path: Path, stateful: dict[str, Any], generator: torch.Generator | None,
+                 device: torch.device, config: dict[str, Any], dist: Dist | None = None):
         self.path, self.stateful, self.generator, self.device, self.config = Path(path), stateful, generator, device, config
+        self.dist = dist or Dist()
 
     def restore(self) -> int:
-        """The step to continue from: 0 without a checkpoint."""
-        if not self.path.exists():
-            return 0
-        return load_training_state(self.path, self.stateful, self.generator, self.device)
+        """The step to continue from: 0 without a checkpoint (the same on every rank, or an error)."""
+        step = 0
+        if self.path.exists():
+            step = load_training_state(self.path, self.stateful, self.generator, self.device,
+                                       self.dist.rank, self.dist.world_size)
+        steps = self.dist.gather(step)
+        if len(set(steps)) > 1:
+            raise RuntimeError(f"ranks would resume from different steps {steps}: every node must see the same "
+                               f"{self.path} (put the run folder on a shared file system)")
+        return step
 
     def save(self, step: int) -> None:
-        save_training_state(self.path, self.stateful, self.generator, step, self.config)
+        rngs = self.dist.gather(rng_state())  # a collective: every rank takes part
+        if self.dist.is_main:
+            extra = {"rng_ranks": rngs} if self.dist.world_size > 1 else None
+            save_training_state(self.path, self.stateful, self.generator, step, self.config, extra)
+        self.dist.barrier()

@@ -1,8 +1,6 @@
 """Latent diffusion training over a frozen first stage: encode, noise, denoise, AdamW, EMA."""
 from __future__ import annotations
 
-import hashlib
-import json
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Literal
@@ -11,6 +9,7 @@ import torch
 from torch import nn
 
 from ..convert.loader import load_autoencoder_any, load_pipeline_any
+from ..device import resolve_device
 from ..config import ConfigError, require, to_dict
 from ..data import DataConfig, build_dataset, collate
 from ..diffusion import ScheduleConfig, diffusion_loss
@@ -20,13 +19,15 @@ from ..nn import ConditionerConfig, UNetConfig
 from ..nn.concat import ConcatConfig
 from ..pipeline import Pipeline, PipelineConfig
 from ..pipeline_inputs import batch_conditioning, gather_inputs
-from ..weights import file_digest, load_release, save_release
 from .checkpoint import Checkpointer
-from .config import TrainConfig, autocast, lr_factor
+from .config import TrainConfig, autocast, base_lr, grad_scaler, lr_factor
+from .distributed import Dist, no_sync
 from .ema import EMA
+from .latents import LatentCache, LatentSource, ShardedLatentCache, cache_dir, canonical, encode_dataset, uses_flips
 from .logger import RunLogger
-from .run import TimeBudget, set_lr, start_run
-from .stream import BatchStream
+from .run import TimeBudget, seed_rank, set_lr, start_run
+from .seeding import sample_generators
+from .stream import BatchStream, split_batch
 
 
 DENOISER_PARTS = ("unet", "conditioner", "spatial")  # what trains (and gets an EMA); the first stage is frozen
@@ -38,7 +39,8 @@ class LDMTrainConfig(TrainConfig):
     p_uncond: float = 0.1               # condition dropout, so one model also predicts unconditionally (CFG)
     loss_type: Literal["l2", "l1"] = "l2"
     snr_gamma: float = 0.0              # > 0: Min-SNR-gamma loss weighting (5 is the paper's choice); 0 = off
-    cache_latents: bool = True          # encode an in-memory data set once instead of every step
+    # use the latent cache (ldmkit cache-latents); in-memory data sets are cached by the first run
+    cache_latents: bool = True
     encode_precision: Literal["fp32", "bf16"] = "fp32"   # bf16 encodes ~2.3x faster on AMX CPUs
     sample_steps: int = 50
     guidance_scale: float = 3.0
@@ -84,13 +86,6 @@ def _first_stage_path(cfg: LDMRunConfig) -> Path:
     return path
 
 
-def _digest(path: Path) -> str:
-    """sha256 of a weights file, or of every file of a (diffusers) folder."""
-    if path.is_file():
-        return file_digest(path)
-    return hashlib.sha256("".join(file_digest(f) for f in sorted(path.rglob("*")) if f.is_file()).encode()).hexdigest()
-
-
 def adopt_release(cfg: LDMRunConfig, released: Pipeline) -> LDMRunConfig:
     """Fine-tuning trains the released architecture: its UNet, conditioning and schedule replace the preset's."""
     rc = released.cfg
@@ -120,118 +115,178 @@ def build_pipeline(cfg: LDMRunConfig, class_names: list[str], released: Pipeline
     return pipe
 
 
-class _LatentSource:
-    """Batches of scaled latents: from a cache of posterior moments, or encoded on the fly.
+class DenoiserLoss(nn.Module):
+    """One forward = conditioning + the per-sample diffusion loss: the unit DDP wraps.
 
-    In-memory data sets are encoded once. The moments are kept on disk beside the first stage,
-    keyed by the autoencoder's weights hash and the data config, so a changed autoencoder or
-    data set never reuses a stale cache, and a second run skips the encoding.
+    Its parameters are the denoiser's (UNet, conditioner, spatial rescaler); the frozen first stage is
+    reached through the pipeline, which is held outside the module tree so DDP never sees it.
     """
 
-    def __init__(self, pipe: Pipeline, dataset, cfg: LDMRunConfig, device: torch.device):
-        self.pipe, self.device, self.moments = pipe, device, None
-        if not (cfg.train.cache_latents and hasattr(dataset, "images_tensor")):
-            return
-        source = _first_stage_path(cfg)
-        key = hashlib.sha256(_digest(source).encode()
-                             + json.dumps([to_dict(cfg.data), cfg.train.encode_precision], sort_keys=True).encode()).hexdigest()[:16]
-        path = source.parent / "latent_cache" / f"{cfg.data.name}-train-{key}.safetensors"
-        if path.is_file():
-            cached, _ = load_release(path, device)
-            self.moments = (cached["mean"], cached["std"])
-            return
-        images = dataset.images_tensor()
-        with torch.no_grad(), autocast(device, cfg.train.encode_precision):
-            parts = [pipe.autoencoder.encode_moments(images[i:i + 512].to(device)) for i in range(0, len(images), 512)]
-        self.moments = (torch.cat([p[0] for p in parts]).float(), torch.cat([p[1] for p in parts]).float())
-        save_release(path, {"mean": self.moments[0], "std": self.moments[1]},
-                     {"kind": "latent_cache", "first_stage": str(cfg.first_stage), "data": to_dict(cfg.data)})
+    def __init__(self, pipe: Pipeline, denoiser: nn.ModuleDict, tc: LDMTrainConfig, device: torch.device):
+        super().__init__()
+        self.denoiser = denoiser
+        self._pipe = (pipe,)
+        self.tc, self.device = tc, device
 
-    def latents(self, batch: dict, gen: torch.Generator) -> torch.Tensor:
-        if self.moments is not None and "index" in batch:
-            mean, std = (m[batch["index"].to(m.device)] for m in self.moments)
-        else:
-            with torch.no_grad():
-                mean, std = self.pipe.autoencoder.encode_moments(batch["image"].to(self.device))
-        # posterior.sample(), as the original encodes training data
-        z = mean + std * torch.randn(mean.shape, generator=gen, device=gen.device).to(mean.device)
-        return z * self.pipe.cfg.scale_factor
+    def forward(self, z0: torch.Tensor, values, concat: dict | None, generators: list[torch.Generator]) -> torch.Tensor:
+        pipe, tc = self._pipe[0], self.tc
+        cond = pipe.condition(values, concat, tuple(z0.shape[-2:]))  # z0: (B, c, h, w)
+        with autocast(self.device, tc.precision):
+            loss_per, _ = diffusion_loss(pipe.schedule, lambda x, t: pipe.model_fn(x, t, cond), z0,
+                                         generator=generators, loss_type=tc.loss_type, snr_gamma=tc.snr_gamma or None)
+        return loss_per  # (B,)
+
+
+def open_latent_cache(cfg: LDMRunConfig) -> tuple[Path | None, LatentCache | ShardedLatentCache | None]:
+    """(where this run's latent cache lives, the cache if it is complete); (None, None) when caching is off."""
+    if not cfg.train.cache_latents:
+        return None, None
+    path = cache_dir(_first_stage_path(cfg), cfg.data, cfg.train.encode_precision)
+    return path, LatentCache.load(path)
+
+
+def _first_stage_of(cfg: LDMRunConfig):
+    """The frozen autoencoder (from ``first_stage``, else the pipeline being fine-tuned)."""
+    if cfg.first_stage:
+        return load_autoencoder_any(_first_stage_path(cfg))[0]
+    return load_pipeline_any(cfg.init_from).autoencoder
+
+
+def cache_latents(cfg: LDMRunConfig, batch_size: int = 64, shard_size: int = 4096, log=print) -> Path:
+    """``ldmkit cache-latents``: encode the training set (and its mirror images when it flips) once."""
+    path = cache_dir(_first_stage_path(cfg), cfg.data, cfg.train.encode_precision)
+    if LatentCache.load(path) is not None:
+        log(f"latent cache up to date: {path}")
+        return path
+    device = resolve_device(cfg.train.device)
+    if cfg.train.num_threads:
+        torch.set_num_threads(cfg.train.num_threads)
+    ae = _first_stage_of(cfg).to(device).eval()
+    dataset = build_dataset(canonical(cfg.data), "train")
+    encode_dataset(ae, dataset, path, flips=uses_flips(cfg.data), precision=cfg.train.encode_precision,
+                   device=device, batch_size=batch_size, shard_size=shard_size, num_workers=cfg.train.num_workers,
+                   metadata={"first_stage": str(cfg.first_stage or cfg.init_from), "data": to_dict(cfg.data)}, log=log)
+    log(f"latent cache: {path}")
+    return path
 
 
 def train_ldm(cfg: LDMRunConfig, resume: bool = True) -> Path:
-    """Train the denoiser; writes checkpoints and ``pipeline.safetensors`` (EMA weights); returns its path."""
-    tc = cfg.train
+    """Train the denoiser; writes checkpoints and ``pipeline.safetensors`` (EMA weights); returns its path.
+
+    Runs as one process, or as one rank of a ``torchrun`` job (see docs/train-on-many-gpus.md).
+    """
     _first_stage_path(cfg)
     released = None
     if cfg.init_from:
         released = load_pipeline_any(cfg.init_from)
         cfg = adopt_release(cfg, released)
-    out, device = start_run(cfg, tc)
+    out, device, dist = start_run(cfg, cfg.train)
+    try:
+        return _train(cfg, released, resume, out, device, dist)
+    finally:
+        dist.close()
 
-    dataset = build_dataset(cfg.data, "train")
+
+def _train(cfg: LDMRunConfig, released: Pipeline | None, resume: bool, out: Path, device: torch.device,
+           dist: Dist) -> Path:
+    tc = cfg.train
+    cache_path, cache = open_latent_cache(cfg)
+    # with a cache the data set is read unflipped: the cache holds the mirror images' latents
+    dataset = build_dataset(canonical(cfg.data) if cache is not None else cfg.data, "train")
     pipe = build_pipeline(cfg, list(getattr(dataset, "class_names", [])), released)
     if cfg.conditioner.kind == "class" and cfg.conditioner.num_classes != dataset.num_classes:
         raise ConfigError(f"conditioner.num_classes: {cfg.conditioner.num_classes} but the data set has "
                           f"{dataset.num_classes} classes")
     pipe.to(device)
+    if cache is None and cache_path is not None and hasattr(dataset, "images_tensor"):
+        if dist.is_main:  # in-memory data sets are cached on the first run; rank 0 encodes, the others read
+            encode_dataset(pipe.autoencoder, dataset, cache_path, flips=uses_flips(cfg.data),
+                           precision=tc.encode_precision, device=device, batch_size=512,
+                           metadata={"first_stage": str(cfg.first_stage or cfg.init_from), "data": to_dict(cfg.data)})
+        dist.barrier()
+        cache = LatentCache.load(cache_path)
+    if cache is not None and len(cache) != len(dataset):
+        raise ValueError(f"latent cache {cache_path} holds {len(cache)} items but the data set has {len(dataset)}: "
+                         "delete it and run `ldmkit cache-latents` again")
+    if tc.channels_last:
+        pipe.unet.to(memory_format=torch.channels_last)
     denoiser = nn.ModuleDict({k: getattr(pipe, k) for k in DENOISER_PARTS if getattr(pipe, k) is not None})
+    seed_rank(tc.seed, dist)
+    model = dist.wrap(DenoiserLoss(pipe, denoiser, tc, device), device)
     opt = torch.optim.AdamW(denoiser.parameters(), lr=tc.lr, weight_decay=tc.weight_decay)
+    scaler = grad_scaler(device, tc.precision)
     ema = EMA(denoiser, tc.ema_decay)
-    stream = BatchStream(dataset, tc.batch_size, tc.seed, tc.num_workers)
-    source = _LatentSource(pipe, dataset, cfg, device)
+    # each rank reads batch_size x grad_accum items per step, cut into grad_accum micro-batches
+    micro, accum = tc.batch_size, tc.grad_accum
+    stream = BatchStream(dataset, micro * accum, tc.seed, tc.num_workers, dist.rank, dist.world_size)
+    global_batch = micro * accum * dist.world_size
+    peak_lr = base_lr(tc, dist.world_size)
+    source = LatentSource(pipe.autoencoder, pipe.cfg.scale_factor, device, cache)
     preview = _preview_batch(dataset, cfg)
     evaluator = None
-    if tc.eval_every:
+    if tc.eval_every and dist.is_main:
         evaluator = PeriodicEval(cfg.data, tc.eval_n, tc.eval_steps, tc.guidance_scale, tc.eval_extractor,
                                  tc.eval_weights, device=device, log=lambda m: None)
-    gen = torch.Generator(device=device).manual_seed(tc.seed + 1)
 
-    stateful = {"model": denoiser, "ema": ema, "opt": opt, "stream": stream}
-    ckpt = Checkpointer(out / "checkpoint.pt", stateful, gen, device, to_dict(cfg))
+    stateful = {"model": denoiser, "ema": ema, "opt": opt, "stream": stream} | ({"scaler": scaler}
+                                                                              if scaler.is_enabled() else {})
+    ckpt = Checkpointer(out / "checkpoint.pt", stateful, None, device, to_dict(cfg), dist)
     step = ckpt.restore() if resume else 0
 
-    log = RunLogger(out, tc.steps, step)
+    log = RunLogger(out, tc.steps, step, enabled=dist.is_main, tensorboard=tc.tensorboard)
+    if dist.world_size > 1 or accum > 1 or tc.scale_lr:
+        log.write(f"global batch {global_batch} = {micro} x {dist.world_size} process(es) x {accum} accumulation; "
+                  f"lr {peak_lr:.3g}")
     budget = TimeBudget(tc.max_minutes)
     denoiser.train()
     batches = iter(stream)
     while step < tc.steps:  # check before drawing: the stream position is part of the checkpoint
         batch = next(batches)
-        lr = tc.lr * lr_factor(step, tc)
+        lr = peak_lr * lr_factor(step, tc)
         set_lr((opt,), lr)
-        z0 = source.latents(batch, gen)  # (B, c, h, w)
-        inputs = gather_inputs(pipe.cfg, device, **batch_conditioning(pipe.cfg, batch, gen))
-        values = inputs.values
-        if pipe.conditioner is not None:
-            values = pipe.conditioner.drop(values, tc.p_uncond, generator=gen)
-        cond = pipe.condition(values, inputs.concat, tuple(z0.shape[-2:]))
-        with autocast(device, tc.precision):
-            loss_per, _ = diffusion_loss(pipe.schedule, lambda x, t: pipe.model_fn(x, t, cond), z0,
-                                         generator=gen, loss_type=tc.loss_type, snr_gamma=tc.snr_gamma or None)
-        loss = loss_per.mean()
         opt.zero_grad(set_to_none=True)
-        loss.backward()
+        losses = []
+        for k, mb in enumerate(split_batch(batch, accum)):
+            # positions in the global batch key the per-sample random streams (see seeding.py)
+            gens = sample_generators(tc.seed, step, dist.rank * micro * accum + k * micro, len(mb["index"]))
+            z0, mb = source.latents(mb, gens)  # (B, c, h, w)
+            if tc.channels_last:
+                z0 = z0.contiguous(memory_format=torch.channels_last)
+            inputs = gather_inputs(pipe.cfg, device, **batch_conditioning(pipe.cfg, mb, gens))
+            values = inputs.values
+            if pipe.conditioner is not None:
+                values = pipe.conditioner.drop(values, tc.p_uncond, generator=gens)
+            with no_sync(model, k < accum - 1):
+                loss = model(z0, values, inputs.concat, gens).mean()
+                scaler.scale(loss / accum if accum > 1 else loss).backward()
+            losses.append(loss.detach())
         if tc.grad_clip:
+            scaler.unscale_(opt)
             torch.nn.utils.clip_grad_norm_(denoiser.parameters(), tc.grad_clip)
-        opt.step()
+        scaler.step(opt)
+        scaler.update()
         ema.update(denoiser)
         step += 1
         log.step()
         if step % tc.log_every == 0 or step == tc.steps:
-            log.log(step, {"loss": float(loss.detach()), "lr": lr}, tc.batch_size)
-        if step % tc.sample_every == 0:
+            mean_loss = dist.mean({"loss": float(torch.stack(losses).mean())}, device)  # every rank takes part
+            log.log(step, mean_loss | {"lr": lr}, global_batch)
+        if step % tc.sample_every == 0 and dist.is_main:
             _save_samples(pipe, ema.model, tc, out / "samples" / f"samples_{step:07d}.png", preview)
         if evaluator is not None and step % tc.eval_every == 0:
             log.log(step, evaluator(_ema_pipeline(pipe, ema.model).eval()))
         if step % tc.ckpt_every == 0:
             ckpt.save(step)
-        if budget.spent():
+        if tc.max_minutes and dist.any(budget.spent(), device):  # every rank stops at the same step
             log.write(f"time budget of {tc.max_minutes} min spent at step {step}")
             break
     log.close()
     ckpt.save(step)
     release = out / "pipeline.safetensors"
-    _ema_pipeline(pipe, ema.model).save(release, {"train_steps": step, "data": to_dict(cfg.data)})
-    _save_samples(pipe, ema.model, tc, out / "samples" / "samples_final.png", preview)
+    if dist.is_main:
+        _ema_pipeline(pipe, ema.model).save(release, {"train_steps": step, "data": to_dict(cfg.data)})
+        _save_samples(pipe, ema.model, tc, out / "samples" / "samples_final.png", preview)
+    dist.barrier()
     return release
 
 

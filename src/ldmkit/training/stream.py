@@ -1,7 +1,10 @@
 """A resumable stream of training batches with a deterministic order.
 
 Epoch e visits the data set in ``randperm(n, seed + e)`` order, so the position
-(epoch, index) is all a checkpoint needs to continue exactly where it stopped.
+(epoch, index) is all a checkpoint needs to continue exactly where it stopped. With
+``world_size`` ranks, each global batch of ``batch_size x world_size`` consecutive items of that
+order is cut in rank order: rank r gets the r-th slice, so the union over ranks is what one process
+with the global batch would see, and the position is the same on every rank.
 """
 from __future__ import annotations
 
@@ -49,9 +52,23 @@ class BatchStream:
             if self._tensors is not None:
                 it = ({k: v[idx] for k, v in self._tensors.items()} for idx in map(torch.tensor, batches))
             else:  # one loader per epoch keeps its workers alive across batches
+                # its own generator: a DataLoader otherwise draws its worker base seed from the global RNG,
+                # once per iterator, so a resumed run (a new iterator mid-epoch) would drift from a straight one
+                g = torch.Generator().manual_seed(self.seed + self.epoch)
                 it = iter(DataLoader(self.dataset, batch_sampler=batches, num_workers=self.num_workers,
-                                     collate_fn=collate))
+                                     collate_fn=collate, generator=g))
             for idx, batch in zip(batches, it):
                 self.index += gb
                 yield batch | {"index": torch.tensor(idx)}  # lets callers look items up in caches
             self.epoch, self.index = self.epoch + 1, 0
+
+
+def split_batch(batch: dict[str, Any], n: int) -> list[dict[str, Any]]:
+    """``n`` equal micro-batches (gradient accumulation), in order; tensors and lists are sliced alike."""
+    if n == 1:
+        return [batch]
+    size = len(batch["index"])
+    if size % n:
+        raise ValueError(f"a batch of {size} does not split into {n} micro-batches")
+    m = size // n
+    return [{k: v[i * m:(i + 1) * m] for k, v in batch.items()} for i in range(n)]
