@@ -79,3 +79,24 @@ def test_reads_shapes_boxes():
     assert torch.equal(mask.sum(1), 1 + 3 * n_obj)
     assert torch.equal(ids[:, 1::3][mask[:, 1::3]] - cond.class_offset, boxes[:, :, 0][boxes[:, :, 0] > 0].long())
     assert cond(boxes).shape == (4, 10, 16)
+
+
+def test_sincos_corner_code_is_smooth_and_only_on_corner_tokens():
+    import torch
+
+    from ldmkit.nn.layout import LayoutConditioner, corner_sincos
+
+    code = corner_sincos(8, 16)  # (64, 16): cell iy * 8 + ix
+    assert code.shape == (64, 16)
+    near, far = (code[9] - code[10]).norm(), (code[9] - code[63]).norm()
+    assert near < far  # neighbouring cells are closer than opposite corners
+    assert torch.equal(code[1 * 8 + 2, :8], code[5 * 8 + 2, :8])  # the x half depends on ix only
+    torch.manual_seed(0)
+    learned = LayoutConditioner(num_classes=4, coord_bins=8, embed_dim=16, n_layer=1, n_head=2)
+    torch.manual_seed(0)
+    sincos = LayoutConditioner(num_classes=4, coord_bins=8, embed_dim=16, n_layer=1, n_head=2, coord_embedding="sincos")
+    assert learned.state_dict().keys() == sincos.state_dict().keys()  # the code is a fixed, unsaved buffer
+    boxes = torch.tensor([[[1, 0.1, 0.1, 0.5, 0.5], [-1, -1, -1, -1, -1]]])
+    assert not torch.allclose(learned(boxes), sincos(boxes))
+    empty = learned.null(1)  # no corner tokens: the code changes nothing
+    torch.testing.assert_close(learned(empty), sincos(empty))

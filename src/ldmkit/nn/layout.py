@@ -19,6 +19,18 @@ from ldmkit.nn.conditioner_base import Conditioner
 from ldmkit.nn.text import TextTransformer
 
 
+def corner_sincos(bins: int, dim: int) -> Tensor:
+    """(bins^2, dim) fixed code of grid cell iy * bins + ix: sin / cos of x and y at dim // 4 frequencies each."""
+    k = max(1, dim // 4)
+    freqs = torch.pi * 2.0 ** torch.arange(k, dtype=torch.float32) / 2  # periods from 4 down to 4 / 2^(k-1) units
+    pos = torch.arange(bins, dtype=torch.float32) / max(1, bins - 1)  # grid line -> [0, 1]
+    ang = pos[:, None] * freqs[None]  # (bins, k)
+    code1d = torch.cat([ang.sin(), ang.cos()], dim=1)  # (bins, 2k)
+    cy, cx = code1d[:, None, :].expand(bins, bins, -1), code1d[None, :, :].expand(bins, bins, -1)
+    code = torch.cat([cx, cy], dim=-1).reshape(bins * bins, -1)  # (bins^2, 4k): index iy * bins + ix
+    return torch.nn.functional.pad(code, (0, dim - code.shape[1]))[:, :dim] * 0.5
+
+
 class LayoutConditioner(Conditioner):
     """Boxes (B, N, 5) rows [class_id, x0, y0, x1, y1] in [0, 1], rows with class_id < 0 = padding (the data's
     -1 rows), N <= max_objects -> context (B, 1 + 3 * max_objects, embed_dim).
@@ -30,7 +42,7 @@ class LayoutConditioner(Conditioner):
     input_key = "boxes"
 
     def __init__(self, num_classes: int, coord_bins: int = 16, max_objects: int = 2, embed_dim: int = 64,
-                 n_layer: int = 2, n_head: int = 4):
+                 n_layer: int = 2, n_head: int = 4, coord_embedding: str = "learned"):
         super().__init__()
         self.num_classes = num_classes
         self.coord_bins = coord_bins
@@ -42,6 +54,13 @@ class LayoutConditioner(Conditioner):
         self.seq_len = 1 + 3 * max_objects
         # The same embedding + positions + encoder + final norm as text: one implementation of both.
         self.transformer = TextTransformer(self.pad_token + 1, self.seq_len, embed_dim, n_layer, n_head)
+        # "sincos": each corner token also gets a fixed 2-D sinusoidal code of its (x, y), so neighbouring cells
+        # start out similar. With learned embeddings only, each of the bins^2 corner tokens is learned from the
+        # few boxes that hit it: measured on shapes (1,800 steps, 16 bins), layouts were followed at mean IoU 0.12.
+        if coord_embedding not in ("learned", "sincos"):
+            raise ValueError(f"LayoutConditioner: coord_embedding must be learned or sincos, got {coord_embedding!r}")
+        self.coord_embedding = coord_embedding
+        self.register_buffer("corner_code", corner_sincos(coord_bins, embed_dim), persistent=False)
 
     def corner_token(self, x: Tensor, y: Tensor) -> Tensor:
         """Quantise normalised (x, y) to the nearest of coord_bins grid lines per axis: iy * bins + ix."""
@@ -80,7 +99,11 @@ class LayoutConditioner(Conditioner):
 
     def forward(self, boxes: Tensor) -> Tensor:
         ids, mask = self.tokens(boxes)
-        return self.transformer(ids, mask)  # (B, 1 + 3 * max_objects, embed_dim)
+        extra = None
+        if self.coord_embedding == "sincos":
+            is_corner = ids < self.class_offset  # (B, T)
+            extra = torch.where(is_corner[..., None], self.corner_code[ids.clamp(max=self.class_offset - 1)], 0.0)
+        return self.transformer(ids, mask, extra)  # (B, 1 + 3 * max_objects, embed_dim)
 
     def null(self, n: int, device: torch.device | str | None = None) -> Tensor:
         """An empty layout: (n, max_objects, 5) rows of -1."""

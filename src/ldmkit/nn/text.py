@@ -168,11 +168,13 @@ class TextTransformer(nn.Module):
         nn.init.normal_(self.token_emb.weight, std=0.02)
         nn.init.normal_(self.pos_emb.weight, std=0.02)
 
-    def forward(self, ids: Tensor, mask: Tensor | None = None) -> Tensor:
+    def forward(self, ids: Tensor, mask: Tensor | None = None, extra: Tensor | None = None) -> Tensor:
         t = ids.shape[1]  # ids (B, T) long, mask (B, T) bool
         if t > self.max_length:
             raise ValueError(f"TextTransformer: {t} tokens, more than max_length {self.max_length}")
         x = self.token_emb(ids) + self.pos_emb.weight[:t]  # (B, T, D)
+        if extra is not None:  # fixed per-token features added to the learned embedding (layout corners)
+            x = x + extra
         return self.norm(self.encoder(x, mask))  # (B, T, D)
 
 
