@@ -18,12 +18,7 @@ from ldmkit.pipeline_inputs import gather_inputs
 SAMPLERS = ["ddim", "plms", "euler", "euler_a", "heun", "dpmpp_2m", "dpmpp_2m_karras", "ddpm"]
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")  # tiny models: one intra-op thread is faster
 
 
 def tiny_config(concat: str = "none") -> PipelineConfig:

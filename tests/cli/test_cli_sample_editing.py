@@ -16,12 +16,7 @@ from ldmkit.nn import ConditionerConfig, UNetConfig
 from ldmkit.pipeline import Pipeline, PipelineConfig
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")  # tiny models: one intra-op thread is faster
 
 
 @pytest.fixture(scope="module")

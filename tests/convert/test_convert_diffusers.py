@@ -34,13 +34,7 @@ from ldmkit.pipeline import Pipeline, PipelineConfig
 TOL = 1e-5
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    """These models are tiny: on a shared, loaded CPU a second intra-op thread makes each forward ~100x slower."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")  # tiny models: one intra-op thread is faster
 # three UNet layouts: cross-attention (+ ADM labels), self-attention-only transformer, legacy AttentionBlock
 UNETS = {
     "context": dict(attention_resolutions=(2,), num_heads=2, context_dim=16),

@@ -38,12 +38,7 @@ TOL = 1e-5
 DIFFUSERS_PRED = {"eps": "epsilon", "v": "v_prediction"}
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")  # tiny models: one intra-op thread is faster
 
 
 def make_model(schedule: Schedule, seed: int = 0):
