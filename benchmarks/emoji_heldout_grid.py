@@ -8,14 +8,15 @@ emoji, then samples with seeds 0..k-1.
 from __future__ import annotations
 
 import argparse
+from pathlib import Path
 
 import torch
 from PIL import Image, ImageDraw
 
-from ldmkit.data import DataConfig, build_dataset
+from ldmkit.data import build_dataset
+from ldmkit.evaluation.generation import model_data_config
 from ldmkit.imageio import to_pil
 from ldmkit.pipeline import Pipeline
-from ldmkit.weights import read_release_metadata
 
 
 def main() -> None:
@@ -30,7 +31,7 @@ def main() -> None:
     args = ap.parse_args()
 
     pipe = Pipeline.load(args.checkpoint)
-    data = DataConfig(**read_release_metadata(args.checkpoint)["data"])
+    data = model_data_config(Path(args.checkpoint))
     test = build_dataset(data, "test")
     train_captions = set(build_dataset(data, "train").captions)
     held = [i for i, c in enumerate(test.captions) if "skin tone" not in c and c not in train_captions]

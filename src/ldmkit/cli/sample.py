@@ -68,7 +68,7 @@ def read_png(path: str, flag: str, channels: int | None = None) -> torch.Tensor:
 
 def condition_inputs(args: argparse.Namespace, pipe) -> list[dict]:
     """One dict of ``Pipeline.__call__`` inputs per image: every given condition, ``--n`` times."""
-    cond, concat, names = pipe.cfg.conditioner, pipe.cfg.concat, pipe.cfg.class_names
+    cond, names = pipe.cfg.conditioner, pipe.cfg.class_names
     per: list[dict] = [{}]
     if cond.kind == "class":
         classes = parse_classes(args.classes, names, cond.num_classes) or list(range(cond.num_classes))

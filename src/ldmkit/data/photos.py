@@ -12,7 +12,6 @@ import math
 from typing import Literal
 
 import numpy as np
-import torch
 from PIL import Image
 from torch.utils.data import Dataset
 

@@ -15,11 +15,11 @@ from typing import Callable
 import numpy as np
 import torch
 
-from ..data import collate
+from ..data import DataConfig, collate
 from ..data.masks import generate_mask
 from ..imageio import to_uint8
 from ..pipeline_inputs import batch_conditioning
-from ..weights import atomic_write
+from ..weights import atomic_write, read_release_metadata
 
 
 @dataclass
@@ -35,6 +35,14 @@ class SampleProtocol:
     eta: float = 0.0
     batch_size: int = 100
     conditions: str = "unconditional"   # "class-balanced" | "unconditional" | "data:<name>:<split>"
+
+
+def model_data_config(path: Path, data_root: str | None = None) -> DataConfig | None:
+    """The data config stored with a released pipeline (None if absent), with ``data_root`` overriding its root."""
+    meta = read_release_metadata(path)
+    if "data" not in meta:
+        return None
+    return DataConfig(**(meta["data"] | ({"root": data_root} if data_root else {})))
 
 
 def condition_kind(pipe) -> str:

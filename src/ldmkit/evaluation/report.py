@@ -20,9 +20,9 @@ import torch
 from .. import __version__
 from ..config import ConfigError
 from ..data import DataConfig, build_dataset
-from ..weights import atomic_write, file_digest, read_release_metadata
+from ..weights import atomic_write, file_digest
 from .features import INCEPTION, build_extractor, describe, extract
-from .generation import SampleProtocol, condition_kind, generate_images, images_to_tensor
+from .generation import SampleProtocol, condition_kind, generate_images, images_to_tensor, model_data_config
 from .metrics import feature_statistics, frechet_distance, inception_score, kid, precision_recall
 from .reference import reference_statistics
 
@@ -95,9 +95,7 @@ def evaluate(source: str, *, extractor: str = "fmnist", weights: str | None = No
     elif path.is_file() and path.suffix == ".safetensors":
         from ..pipeline import Pipeline
 
-        meta = read_release_metadata(path)
-        if "data" in meta:
-            data_cfg = DataConfig(**(meta["data"] | ({"root": data_root} if data_root else {})))
+        data_cfg = model_data_config(path, data_root)
         pipe = Pipeline.load(path, device=dev)
         kind = condition_kind(pipe)
         dataset = None

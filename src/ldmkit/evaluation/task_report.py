@@ -17,9 +17,9 @@ import torch
 import torch.nn.functional as F
 
 from .. import __version__
-from ..data import DataConfig, build_dataset
-from ..weights import atomic_write, file_digest, read_release_metadata
-from .generation import SampleProtocol, eval_batch, generate_images, images_to_tensor
+from ..data import build_dataset
+from ..weights import atomic_write, file_digest
+from .generation import SampleProtocol, eval_batch, generate_images, images_to_tensor, model_data_config
 from .tasks import MIoU, caption_accuracy, inpainting_report, mean_layout_iou, segment_shapes, sr_report
 
 
@@ -74,10 +74,9 @@ def evaluate_task(checkpoint: str, *, n: int = 500, seed: int = 0, steps: int = 
     path, out, dev = Path(checkpoint), Path(out), resolve_device(device)
     if not path.is_file():
         raise FileNotFoundError(f"{path}: not found (a pipeline.safetensors)")
-    meta = read_release_metadata(path)
-    if "data" not in meta:
+    data_cfg = model_data_config(path, data_root)
+    if data_cfg is None:
         raise ValueError(f"{path}: no data config stored with the model, cannot take test conditions")
-    data_cfg = DataConfig(**(meta["data"] | ({"root": data_root} if data_root else {})))
     pipe = Pipeline.load(path, device=dev)
     dataset = build_dataset(data_cfg, "test")
     proto = SampleProtocol(file_digest(path), n, seed, steps, sampler, guidance, 0.0, batch_size,
