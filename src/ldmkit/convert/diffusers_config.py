@@ -133,6 +133,7 @@ def unet_config_to_diffusers(cfg: UNetConfig, sample_size: int) -> dict[str, Any
     if not cfg.conv_resample or cfg.resblock_updown:
         raise ConfigError("unet.conv_resample / resblock_updown: diffusers export needs conv_resample: true "
                           "and resblock_updown: false")
+    cfg.require_original_layout("diffusers")
     with torch.device("meta"):
         groups = group_count(UNetModel(cfg), "unet.model_channels")
     mc = cfg.model_channels

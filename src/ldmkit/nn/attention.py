@@ -5,10 +5,12 @@ fused kernel where one exists. Names follow the original modules so their checkp
 """
 from __future__ import annotations
 
+import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
 from ldmkit.nn.blocks import normalization
+from ldmkit.nn.embeddings import sincos_2d
 
 
 class AttentionBlock(nn.Module):
@@ -118,10 +120,19 @@ class SpatialTransformer(nn.Module):
 
     GroupNorm (eps 1e-6, unlike the UNet's 1e-5), 1x1 conv ``proj_in`` to ``heads * dim_head`` channels,
     ``depth`` BasicTransformerBlocks on the (B, H*W, inner) tokens, 1x1 conv ``proj_out`` back, residual.
+
+    ``position=True`` (not in the original) adds ``sincos_2d`` of each cell centre, normalised to [0, 1], to the
+    tokens before the blocks: a small UNet's convolutions carry little absolute position, so without it a query
+    cannot tell where it is and cross-attention cannot place a layout box or a "left of" relation. Normalised
+    coordinates keep the meaning of a position when sampling at a larger size. No parameters are added.
     """
 
-    def __init__(self, channels: int, heads: int, dim_head: int, depth: int = 1, context_dim: int | None = None, dropout: float = 0.0):
+    POSITION_FREQS = 8  # periods 4 ... 1/32 of the image: finer than any latent grid here resolves
+
+    def __init__(self, channels: int, heads: int, dim_head: int, depth: int = 1, context_dim: int | None = None,
+                 dropout: float = 0.0, position: bool = False):
         super().__init__()
+        self.position = position
         inner = heads * dim_head
         self.norm = normalization(channels, eps=1e-6)
         self.proj_in = nn.Conv2d(channels, inner, 1)
@@ -134,7 +145,17 @@ class SpatialTransformer(nn.Module):
         b, _, h, w = x.shape
         z = self.proj_in(self.norm(x))  # (B, inner, H, W)
         z = z.flatten(2).transpose(1, 2)  # (B, H*W, inner), row-major positions as the original
+        if self.position:
+            z = z + self.position_code(h, w, z.shape[-1], z.device).to(z.dtype)  # (B, H*W, inner)
         for block in self.transformer_blocks:
             z = block(z, context)  # (B, H*W, inner)
         z = z.transpose(1, 2).reshape(b, -1, h, w)  # (B, inner, H, W)
         return x + self.proj_out(z)  # (B, C, H, W)
+
+    @classmethod
+    def position_code(cls, h: int, w: int, dim: int, device: torch.device) -> Tensor:
+        """(H*W, dim) code of the cell centres ((j + 0.5) / W, (i + 0.5) / H), row-major."""
+        ys = (torch.arange(h, device=device, dtype=torch.float32) + 0.5) / h
+        xs = (torch.arange(w, device=device, dtype=torch.float32) + 0.5) / w
+        y, x = torch.meshgrid(ys, xs, indexing="ij")  # (H, W)
+        return sincos_2d(x.reshape(-1), y.reshape(-1), dim, cls.POSITION_FREQS)

@@ -1,4 +1,4 @@
-"""Sinusoidal timestep embedding, in the original UNet's [cos, sin] order."""
+"""Sinusoidal codes: the timestep embedding (the original UNet's [cos, sin] order) and 2-D position codes."""
 from __future__ import annotations
 
 import math
@@ -24,3 +24,15 @@ def timestep_embedding(t: Tensor, dim: int, max_period: float = 10000.0) -> Tens
     if dim % 2:
         emb = torch.cat([emb, torch.zeros_like(emb[:, :1])], dim=-1)  # (B, dim)
     return emb
+
+
+def sincos_2d(x: Tensor, y: Tensor, dim: int, n_freqs: int | None = None) -> Tensor:
+    """Fixed code of points (x, y) in [0, 1] (same shape) -> (*x.shape, dim): [sin x, cos x, sin y, cos y] at
+    ``n_freqs`` (default dim // 4) frequencies pi * 2^k / 2 (periods 4, 2, 1, ... units), scaled by 0.5 and
+    zero-padded to ``dim``. Layout corner tokens and UNet attention positions share it, so a query's position
+    and a box corner start in one code."""
+    k = max(1, min(dim // 4, n_freqs or dim // 4))
+    freqs = torch.pi * 2.0 ** torch.arange(k, dtype=torch.float32, device=x.device) / 2
+    ax, ay = x.float()[..., None] * freqs, y.float()[..., None] * freqs  # (..., k)
+    code = torch.cat([ax.sin(), ax.cos(), ay.sin(), ay.cos()], dim=-1)  # (..., 4k)
+    return torch.nn.functional.pad(code, (0, dim - code.shape[-1])) * 0.5

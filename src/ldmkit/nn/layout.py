@@ -16,19 +16,15 @@ import torch
 from torch import Tensor
 
 from ldmkit.nn.conditioner_base import Conditioner
+from ldmkit.nn.embeddings import sincos_2d
 from ldmkit.nn.text import TextTransformer
 
 
 def corner_sincos(bins: int, dim: int) -> Tensor:
-    """(bins^2, dim) fixed code of grid cell iy * bins + ix: sin / cos of x and y at dim // 4 frequencies each."""
-    k = max(1, dim // 4)
-    freqs = torch.pi * 2.0 ** torch.arange(k, dtype=torch.float32) / 2  # periods from 4 down to 4 / 2^(k-1) units
+    """(bins^2, dim) fixed code of grid cell iy * bins + ix (grid lines spread over [0, 1]): ``sincos_2d``."""
     pos = torch.arange(bins, dtype=torch.float32) / max(1, bins - 1)  # grid line -> [0, 1]
-    ang = pos[:, None] * freqs[None]  # (bins, k)
-    code1d = torch.cat([ang.sin(), ang.cos()], dim=1)  # (bins, 2k)
-    cy, cx = code1d[:, None, :].expand(bins, bins, -1), code1d[None, :, :].expand(bins, bins, -1)
-    code = torch.cat([cx, cy], dim=-1).reshape(bins * bins, -1)  # (bins^2, 4k): index iy * bins + ix
-    return torch.nn.functional.pad(code, (0, dim - code.shape[1]))[:, :dim] * 0.5
+    y, x = torch.meshgrid(pos, pos, indexing="ij")  # (bins, bins): row iy, column ix
+    return sincos_2d(x.reshape(-1), y.reshape(-1), dim)
 
 
 class LayoutConditioner(Conditioner):

@@ -47,6 +47,9 @@ class UNetConfig:
     num_classes: int | None = None  # ADM-style label embedding added to the time embedding
     legacy: bool = True
     use_checkpoint: bool = False  # activation checkpointing per UNet block while training
+    # "sincos": every SpatialTransformer adds a fixed code of each cell's normalised position to its tokens
+    # (not in the original; no parameters). Layout and spatial-relation text need it at small UNet sizes.
+    attention_position: str = "none"
 
     def __post_init__(self) -> None:
         for key in ("in_channels", "out_channels", "model_channels", "num_res_blocks", "transformer_depth"):
@@ -62,9 +65,18 @@ class UNetConfig:
         require(self.context_dim is None or self.context_dim >= 1, "context_dim", f"must be >= 1, got {self.context_dim}")
         require(self.context_dim is None or self.use_spatial_transformer, "context_dim",
                 "cross-attention needs use_spatial_transformer: true (AttentionBlock takes no context)")
+        require(self.attention_position in ("none", "sincos"), "attention_position",
+                f"must be none or sincos, got {self.attention_position!r}")
+        require(self.attention_position == "none" or self.use_spatial_transformer, "attention_position",
+                "needs use_spatial_transformer: true")
         require(self.num_classes is None or self.num_classes >= 1, "num_classes", f"must be >= 1, got {self.num_classes}")
         for ch in self.attention_widths():
             self.heads(ch)  # raises if the heads do not divide this width
+
+    def require_original_layout(self, target: str) -> None:
+        """Refuse an export to ``target`` (a format without ldmkit's extensions) that would drop a setting."""
+        require(self.attention_position == "none", "unet.attention_position",
+                f"{self.attention_position!r} has no equivalent in the {target} format; only 'none' can be exported")
 
     def attention_widths(self) -> list[int]:
         """Channel counts of every attention layer: levels with ds in attention_resolutions, plus the middle."""
@@ -124,7 +136,8 @@ class UNetModel(nn.Module):
     def _attention(self, ch: int) -> nn.Module:
         heads, dim_head = self.cfg.heads(ch)
         if self.cfg.use_spatial_transformer:
-            return SpatialTransformer(ch, heads, dim_head, self.cfg.transformer_depth, self.cfg.context_dim)
+            return SpatialTransformer(ch, heads, dim_head, self.cfg.transformer_depth, self.cfg.context_dim,
+                                      position=self.cfg.attention_position == "sincos")
         return AttentionBlock(ch, heads)
 
     def _build_encoder(self) -> tuple[int, int, list[int]]:
