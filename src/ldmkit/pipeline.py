@@ -24,7 +24,7 @@ from .diffusion.noise import randn
 from .imageio import to_pil
 from .nn import ConditionerConfig, UNetConfig, UNetModel, build_conditioner
 from .nn.concat import ConcatConfig
-from .nn.spatial import SpatialRescaler, one_hot_map
+from .nn.spatial import SpatialRescaler, box_map, one_hot_map
 from .pipeline_inputs import CallInputs, gather_inputs
 from .weights import load_release, save_release
 
@@ -47,8 +47,8 @@ class PipelineConfig:
 
 
 def build_spatial(cfg: ConcatConfig) -> nn.Module | None:
-    """The trainable part of a concat condition: the semantic map's rescaler (others have none)."""
-    if cfg.kind != "semantic":
+    """The trainable part of a concat condition: the semantic / box map's rescaler (others have none)."""
+    if cfg.kind not in ("semantic", "boxes"):
         return None
     return SpatialRescaler(n_stages=cfg.n_stages, method="bilinear", multiplier=0.5,
                            in_channels=cfg.num_classes, out_channels=cfg.out_channels or None)
@@ -129,6 +129,9 @@ class Pipeline(nn.Module):
             raise ValueError(f"this pipeline is conditioned on a {kind} map: pass {', '.join(missing)}")
         if kind == "semantic":
             out = self.spatial(one_hot_map(inputs["segmentation"], self.cfg.concat.num_classes))
+        elif kind == "boxes":  # rasterised at the image size the rescaler's halvings bring to (h, w)
+            s = 2 ** self.cfg.concat.n_stages
+            out = self.spatial(box_map(inputs["boxes"].float(), self.cfg.concat.num_classes, h * s, w * s))
         elif kind == "low_res":
             out = inputs["low_res"]
         else:  # inpaint: [latent of the masked image, mask in {-1, 1}], as the original inpainting_big model

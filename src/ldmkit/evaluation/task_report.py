@@ -25,7 +25,8 @@ from .tasks import MIoU, caption_accuracy, inpainting_report, mean_layout_iou, s
 
 def task_name(cfg) -> str:
     """The paper task a pipeline config performs."""
-    concat = {"semantic": "semantic", "low_res": "super-resolution", "inpaint": "inpainting"}.get(cfg.concat.kind)
+    concat = {"semantic": "semantic", "low_res": "super-resolution", "inpaint": "inpainting",
+              "boxes": "layout"}.get(cfg.concat.kind)
     if concat:
         return concat
     return {"text": "text", "text_frozen": "text", "bert": "text", "layout": "layout", "class": "class"}.get(cfg.conditioner.kind,
