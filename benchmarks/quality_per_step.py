@@ -28,7 +28,7 @@ def plot_sweep(sweep: dict, out: Path) -> Path:
     if key is None:
         raise SystemExit("the sweep has no Frechet distance (run it with --metrics fd,...)")
     series: dict[str, tuple[list[float], list[float]]] = {}
-    for row in sorted(sweep["rows"], key=lambda r: r["nfe"]):
+    for row in sweep["rows"]:  # the sweep's sampler order; series_plot sorts each line by x
         xs, ys = series.setdefault(row["sampler"], ([], []))
         xs.append(row["nfe"])
         ys.append(row["metrics"][key])

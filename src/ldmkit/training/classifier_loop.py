@@ -182,7 +182,7 @@ def train_noisy_classifier(pipeline: str | Path, cfg: ClassifierTrainConfig, *, 
         loss.backward()
         opt.step()
         step += 1
-        running += float(loss)
+        running += float(loss.detach())
         correct, seen = correct + int((logits.argmax(1) == y).sum()), seen + len(y)
         if step % cfg.log_every == 0 or step == cfg.steps:
             n_logged = (step - 1) % cfg.log_every + 1
