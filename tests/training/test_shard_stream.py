@@ -168,3 +168,6 @@ def test_a_broken_shard_stops_train_ldm_with_one_line(tmp_path, tiny_ae, shards,
     assert main(["train-ldm", "tiny/ldm", *overrides, "--no-resume"]) == 2
     assert capsys.readouterr().err.strip().splitlines() == [
         f"ldmkit: error: data.shards: shard {broken / 'shard-00004.tar'} not found"]
+    # shards have no index to keep latents by: cache-latents says so (--embeddings would cache text only)
+    assert main(["cache-latents", "tiny/ldm", *ldm_overrides(tmp_path / "run", tiny_ae, shards, 1)]) == 2
+    assert "data.name: webdataset is streamed from tar shards" in capsys.readouterr().err
