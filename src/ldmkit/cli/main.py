@@ -49,6 +49,18 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("overrides", nargs="*", help="section.key=value overrides, e.g. first_stage=ae.safetensors")
     p.add_argument("--batch-size", type=int, default=64, help="images per encoder call")
     p.add_argument("--shard-size", type=int, default=4096, help="items per shard file")
+    p.add_argument("--embeddings", action="store_true",
+                   help="also cache the frozen text encoder's output for every caption (conditioner.kind=text_frozen); "
+                        "train-ldm then skips the encoder")
+
+    p = sub.add_parser("make-shards", help="write an image folder as WebDataset-style tar shards (data.name=webdataset)",
+                       description="Every image (+ its caption: x.txt, captions.jsonl or captions.json; + its class "
+                                   "subfolder) becomes one sample of OUT_DIR/shard-NNNNN.tar; class names go to "
+                                   "OUT_DIR/classes.json. Train on them with data.name=webdataset data.root=OUT_DIR.")
+    p.add_argument("folder", help="a folder of images (as for data.name=image_folder)")
+    p.add_argument("out_dir", help="folder for the shards")
+    p.add_argument("--per-shard", type=int, default=1000, help="samples per shard (at least one shard per process)")
+    p.add_argument("--prefix", default="shard", help="shard file name prefix")
 
     p = sub.add_parser("train-classifier", help="a noise-aware latent classifier for classifier guidance",
                        description="Train p(y | x_t, t) on the latents of a class-conditional pipeline's training "
@@ -187,7 +199,7 @@ def _run(args: argparse.Namespace) -> None:
         from ..training.ldm_loop import LDMRunConfig, cache_latents
 
         cache_latents(load_config(LDMRunConfig, args.config, args.overrides), batch_size=args.batch_size,
-                      shard_size=args.shard_size)
+                      shard_size=args.shard_size, embeddings=args.embeddings)
     elif args.command == "train-classifier":
         from ..training.classifier_loop import ClassifierTrainConfig, accuracy_table, train_noisy_classifier
 
@@ -198,6 +210,13 @@ def _run(args: argparse.Namespace) -> None:
                                               device=args.device)
         print(accuracy_table(report))
         print(f"weights: {path}")
+    elif args.command == "make-shards":
+        from ..data.shard_writer import write_shards
+
+        shards = write_shards(args.folder, args.out_dir, args.per_shard, args.prefix)
+        last = len(shards) - 1
+        print(f"{len(shards)} shard(s): {args.out_dir}/{args.prefix}-{{{0:05d}..{last:05d}}}.tar "
+              f"(train with data.name=webdataset data.root={args.out_dir})")
     elif args.command == "report":
         from ..training.report import render_report
 
