@@ -35,18 +35,53 @@ def _label(v: float) -> str:
 def line_plot(title: str, xs: Sequence[float], ys: Sequence[float], size: tuple[int, int] = (420, 240),
               color: tuple[int, int, int] = LINE) -> Image.Image:
     """One series: x (steps) against y, with ticks on both axes; non-finite points are skipped."""
+    finite = [float(y) for y in ys if math.isfinite(float(y))]
+    last = f"  last {finite[-1]:.4g}" if finite else "  (no data)"
+    return series_plot(title + last, [("", xs, ys, color)], size)
+
+
+PALETTE = [(31, 119, 180), (255, 127, 14), (44, 160, 44), (214, 39, 40), (148, 103, 189), (140, 86, 75)]
+DASH = (150, 150, 150)
+
+
+def _log_ticks(lo: float, hi: float) -> list[float]:
+    """1, 2, 5 x 10^k values inside [lo, hi] (both > 0)."""
+    ticks = [m * 10.0 ** k for k in range(math.floor(math.log10(lo)), math.ceil(math.log10(hi)) + 1) for m in (1, 2, 5)]
+    return [t for t in ticks if lo <= t <= hi]
+
+
+def _dashed(draw: ImageDraw.ImageDraw, a: tuple[float, float], b: tuple[float, float], dash: float = 5) -> None:
+    length = math.dist(a, b)
+    for k in range(0, int(length // dash), 2):
+        t0, t1 = k * dash / length, min(1.0, (k + 1) * dash / length)
+        draw.line((a[0] + (b[0] - a[0]) * t0, a[1] + (b[1] - a[1]) * t0,
+                   a[0] + (b[0] - a[0]) * t1, a[1] + (b[1] - a[1]) * t1), fill=DASH)
+
+
+def series_plot(title: str, series: Sequence[tuple[str, Sequence[float], Sequence[float], tuple[int, int, int]]],
+                size: tuple[int, int] = (420, 240), *, x_label: str = "", log_y: bool = False,
+                integer_x: bool = True, hline: float | None = None, vline: float | None = None) -> Image.Image:
+    """Series (label, xs, ys, colour) on shared axes, a legend when labelled; non-finite points are skipped.
+
+    ``log_y`` puts y on a log scale (values must be > 0); ``integer_x`` keeps only whole x ticks (step counts);
+    ``hline`` / ``vline`` draw a dashed reference line at that y / x.
+    """
     img = Image.new("RGB", size, BACKGROUND)
     draw = ImageDraw.Draw(img)
     font = ImageFont.load_default()
-    pts = [(float(x), float(y)) for x, y in zip(xs, ys) if math.isfinite(float(y))]
-    last = f"  last {pts[-1][1]:.4g}" if pts else "  (no data)"
-    draw.text((MARGIN_LEFT, 5), title + last, fill=TEXT, font=font)
+    ty = (lambda y: math.log10(y)) if log_y else (lambda y: y)
+    data = [(label, [(float(x), float(y)) for x, y in zip(xs, ys)
+                     if math.isfinite(float(y)) and (not log_y or float(y) > 0)], color)
+            for label, xs, ys, color in series]
+    draw.text((MARGIN_LEFT, 5), title, fill=TEXT, font=font)
     x0, y0, x1, y1 = MARGIN_LEFT, MARGIN_TOP, size[0] - MARGIN_RIGHT, size[1] - MARGIN_BOTTOM  # plot area
     draw.rectangle((x0, y0, x1, y1), outline=AXIS)
+    pts = [p for _, ps, _ in data for p in ps]
     if not pts:
         return img
-    xlo, xhi = min(p[0] for p in pts), max(p[0] for p in pts)
-    ylo, yhi = min(p[1] for p in pts), max(p[1] for p in pts)
+    xs_all = [p[0] for p in pts] + ([vline] if vline is not None else [])
+    ys_all = [ty(p[1]) for p in pts] + ([ty(hline)] if hline is not None and (not log_y or hline > 0) else [])
+    xlo, xhi, ylo, yhi = min(xs_all), max(xs_all), min(ys_all), max(ys_all)
     if xhi == xlo:
         xlo, xhi = xlo - 1, xhi + 1
     if yhi == ylo:
@@ -59,24 +94,36 @@ def line_plot(title: str, xs: Sequence[float], ys: Sequence[float], size: tuple[
     def px(x: float) -> float:
         return x0 + (x - xlo) / (xhi - xlo) * (x1 - x0)
 
-    def py(y: float) -> float:
+    def py(y: float) -> float:  # y in plotted units (log10 when log_y)
         return y1 - (y - ylo) / (yhi - ylo) * (y1 - y0)
 
-    for t in nice_ticks(ylo, yhi):
-        y = py(t)
+    yticks = [(ty(t), t) for t in _log_ticks(10 ** ylo, 10 ** yhi)] if log_y else [(t, t) for t in nice_ticks(ylo, yhi)]
+    for y_plot, t in yticks:
+        y = py(y_plot)
         draw.line((x0 + 1, y, x1 - 1, y), fill=GRID)
         draw.line((x0 - 4, y, x0, y), fill=AXIS)
         label = _label(t)
         draw.text((x0 - 6 - draw.textlength(label, font=font), y - 5), label, fill=TEXT, font=font)
-    for t in (t for t in nice_ticks(xlo, xhi) if float(t).is_integer()):  # x is a step count
+    for t in (t for t in nice_ticks(xlo, xhi) if not integer_x or float(t).is_integer()):
         x = px(t)
         draw.line((x, y1, x, y1 + 4), fill=AXIS)
         label = _label(t)
         draw.text((x - draw.textlength(label, font=font) / 2, y1 + 6), label, fill=TEXT, font=font)
-    line = [(px(x), py(y)) for x, y in pts]
-    if len(line) > 1:
-        draw.line(line, fill=color, width=2)
-    if len(line) <= 50:  # sparse series (evaluations) get markers
-        for x, y in line:
-            draw.ellipse((x - 2.5, y - 2.5, x + 2.5, y + 2.5), fill=color)
+    if x_label:
+        draw.text((x1 - draw.textlength(x_label, font=font), y1 + 17), x_label, fill=TEXT, font=font)
+    if hline is not None and (not log_y or hline > 0):
+        _dashed(draw, (x0, py(ty(hline))), (x1, py(ty(hline))))
+    if vline is not None:
+        _dashed(draw, (px(vline), y0), (px(vline), y1))
+    for k, (label, ps, color) in enumerate(data):
+        line = [(px(x), py(ty(y))) for x, y in ps]
+        if len(line) > 1:
+            draw.line(line, fill=color, width=2)
+        if len(line) <= 50:  # sparse series (evaluations) get markers
+            for x, y in line:
+                draw.ellipse((x - 2.5, y - 2.5, x + 2.5, y + 2.5), fill=color)
+        if label:
+            ly = y0 + 6 + 12 * k
+            draw.line((x1 - 70, ly + 5, x1 - 56, ly + 5), fill=color, width=2)
+            draw.text((x1 - 52, ly), label, fill=TEXT, font=font)
     return img
