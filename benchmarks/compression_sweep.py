@@ -216,7 +216,8 @@ def run_row(f: int, args, fracs: list[float]) -> dict:
         prog["points"].append({"frac": frac, "train_s": prog["train_s"], "step": prog["step"], **scores})
         write_json(prog_path, prog)
         print(f"f={f}: {prog['train_s'] / 60:.2f} min, step {prog['step']}: {FD} {scores[FD]:.2f}", flush=True)
-    last = prog["points"][-1]
+    # the same network at every point: the latest point sampled in one go gives the sampling time
+    timed = [p["sample_s_per_image"] for p in prog["points"] if p.get("sample_s_per_image")]
     scored = [d for d in sorted((row_dir / "points").iterdir(), key=lambda d: int(d.name))
               if list((d / "eval" / "samples").glob("batch_*.npz"))]  # the last model that was sampled
     samples = np.concatenate([np.load(p)["images"] for p in sorted((scored[-1] / "eval" / "samples").glob("batch_*.npz"))])
@@ -226,7 +227,7 @@ def run_row(f: int, args, fracs: list[float]) -> dict:
     row = {"f": f, "settings": settings, "first_stage": fs, "cache_s": prog["cache_s"], "unet_params": params,
            "steps": prog["step"], "train_s": prog["train_s"],
            "img_per_s": prog["step"] * args.batch_size / prog["train_s"] if prog["train_s"] else math.nan,
-           "sample_s_per_image": last["sample_s_per_image"], "points": prog["points"]}
+           "sample_s_per_image": timed[-1] if timed else None, "points": prog["points"]}
     write_json(done, row)
     return row
 
