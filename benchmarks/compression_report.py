@@ -91,7 +91,8 @@ def tables(rows: dict[int, dict], guidance: list[dict] | None) -> str:
     settings = next(iter(rows.values()))["settings"]
     fracs = sorted({p["frac"] for r in rows.values() for p in r["points"]})
     lines = [f"Training budget per row: {settings['budget_min']:g} min of training time (evaluation excluded); "
-             f"{FD}: {settings['eval_n']} samples, DDIM {settings['eval_steps']}, guidance {settings['eval_guidance']:g}, "
+             f"{FD}: {settings['eval_n']} samples, DDIM {settings['eval_steps']}, "
+             f"guidance {settings['eval_guidance']:g}, "
              "classes cycling, image k has seed k.", "",
              "| f | latent | first stage PSNR (training) | latent cache (s) | steps | train img/s | "
              + " | ".join(f"{FD} at {_frac_label(fr)} ({fr * settings['budget_min']:.3g} min)" for fr in fracs)
@@ -121,7 +122,8 @@ def tables(rows: dict[int, dict], guidance: list[dict] | None) -> str:
         lines += ["", f"Guidance sweep on the f=4 model ({guidance[0]['n']} samples, DDIM {guidance[0]['steps']}):", "",
                   f"| guidance | {FD} | precision | recall | IS |", "|---|---|---|---|---|"]
         for g in guidance:
-            lines.append(f"| {g['guidance']:g} | {g[FD]:.1f} | {g['precision']:.3f} | {g['recall']:.3f} | {g['IS']:.2f} |")
+            lines.append(f"| {g['guidance']:g} | {g[FD]:.1f} | {g['precision']:.3f} | {g['recall']:.3f} "
+                         f"| {g['IS']:.2f} |")
     return "\n".join(lines)
 
 

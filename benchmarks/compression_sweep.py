@@ -52,7 +52,8 @@ from ldmkit.weights import atomic_write, read_release_metadata
 
 LDM_PRESET, AE_PRESET = "ldm/fmnist-class", "autoencoder/kl-f4-fmnist"
 # docs/results.md, first table: the same 10-minute recipe at three factors
-AE_RECIPES = {2: ["model.ch_mult=[1,2]"], 4: [], 8: ["model.ch_mult=[1,2,2,4]", "model.z_channels=4", "model.embed_dim=4"]}
+AE_RECIPES = {2: ["model.ch_mult=[1,2]"], 4: [],
+              8: ["model.ch_mult=[1,2,2,4]", "model.z_channels=4", "model.embed_dim=4"]}
 UNET = ["unet.model_channels=64", "unet.channel_mult=[1,2]", "unet.num_res_blocks=1", "unet.attention_resolutions=[2]",
         "unet.num_head_channels=32"]
 TINY_UNET = ["unet.model_channels=32", "unet.num_head_channels=16"]
@@ -106,10 +107,9 @@ def first_stage(f: int, args) -> dict:
     info["budget_min"] = resolved.get("train", {}).get("max_minutes")
     info["steps"] = int(load_checkpoint(run_dir / "checkpoint.pt")["step"]) if (run_dir / "checkpoint.pt").is_file() \
         else None
-    report = src / "eval" / "report.json"
-    if report.is_file() and json.loads(report.read_text())["n_images"] >= args.psnr_n and info["source"] != "trained by this sweep":
-        rec = json.loads(report.read_text())
-    else:
+    report = src / "eval" / "report.json"  # a reused first stage's own evaluation, when it covers enough images
+    rec = json.loads(report.read_text()) if report.is_file() and run_dir == src else None
+    if rec is None or rec["n_images"] < args.psnr_n:
         rec = evaluate_autoencoder(weights, n=args.psnr_n, out=dst / "eval")
     _, cfg, scale = load_autoencoder(weights)
     info |= {"kind": cfg.kind, "path": str(weights), "channels": cfg.embed_dim, "latent_shape": list(cfg.latent_shape),
@@ -125,7 +125,8 @@ def prepare_cache(cfg: LDMRunConfig, fs: dict, args) -> float | None:
         return None
     source = Path(fs.get("source", ""))
     t0 = time.perf_counter()
-    src = cache_dir(source, cfg.data, cfg.train.encode_precision) if source.is_file() else None  # same weights: same key
+    # the copied weights are the same bytes, so a cache the source run made has the same key
+    src = cache_dir(source, cfg.data, cfg.train.encode_precision) if source.is_file() else None
     if src is not None and LatentCache.load(src) is not None:
         shutil.copytree(src, path, dirs_exist_ok=True)
     else:
@@ -178,11 +179,15 @@ def run_row(f: int, args, fracs: list[float]) -> dict:
         print(f"f={f}: finished earlier, skipped", flush=True)
         return row
     fs = first_stage(f, args)
-    probe = ldm_config(f, fs, args, 0.0)
-    cache_s = prepare_cache(probe, fs, args)
+    cache_record = row_dir / "cache.json"  # kept apart: a resumed row finds its cache made and must not report 0
+    cache_s = prepare_cache(ldm_config(f, fs, args, 0.0), fs, args)
+    if cache_s is not None:
+        write_json(cache_record, {"seconds": cache_s})
+    elif cache_record.is_file():
+        cache_s = json.loads(cache_record.read_text())["seconds"]
     prog_path = row_dir / "progress.json"
     prog = json.loads(prog_path.read_text()) if prog_path.is_file() else {"settings": settings, "step": 0,
-                                                                         "train_s": 0.0, "points": [], "cache_s": cache_s}
+                                                                         "train_s": 0.0, "points": []}
     if prog["settings"] != settings:
         raise ConfigError(f"{prog_path}: started with other settings ({prog['settings']}); use another --out")
     train_dir, budget_s = row_dir / "train", args.budget_min * 60
@@ -220,11 +225,12 @@ def run_row(f: int, args, fracs: list[float]) -> dict:
     timed = [p["sample_s_per_image"] for p in prog["points"] if p.get("sample_s_per_image")]
     scored = [d for d in sorted((row_dir / "points").iterdir(), key=lambda d: int(d.name))
               if list((d / "eval" / "samples").glob("batch_*.npz"))]  # the last model that was sampled
-    samples = np.concatenate([np.load(p)["images"] for p in sorted((scored[-1] / "eval" / "samples").glob("batch_*.npz"))])
+    batches = sorted((scored[-1] / "eval" / "samples").glob("batch_*.npz"))
+    samples = np.concatenate([np.load(p)["images"] for p in batches])
     per_class = [i for c in range(10) for i in range(c, len(samples), 10)[:8]]  # image k has class k % 10
     save_grid(images_to_tensor(samples[per_class]), row_dir / "grid.png", nrow=8)
     params = sum(t.numel() for k, t in load_file(str(release)).items() if k.startswith("unet."))
-    row = {"f": f, "settings": settings, "first_stage": fs, "cache_s": prog["cache_s"], "unet_params": params,
+    row = {"f": f, "settings": settings, "first_stage": fs, "cache_s": cache_s, "unet_params": params,
            "steps": prog["step"], "train_s": prog["train_s"],
            "img_per_s": prog["step"] * args.batch_size / prog["train_s"] if prog["train_s"] else math.nan,
            "sample_s_per_image": timed[-1] if timed else None, "points": prog["points"]}
@@ -242,10 +248,10 @@ def guidance_sweep(args, scales: list[float]) -> list[dict] | None:
     results = []
     for g in scales:
         out = args.out / "guidance" / f"g{g:g}"
-        if (out / "report.json").is_file():
-            report = json.loads((out / "report.json").read_text())
-            scores = report["metrics"] | {"eval_s": None}
-        else:
+        done = json.loads((out / "report.json").read_text()) if (out / "report.json").is_file() else None
+        if done and (done["images"]["n"], done["images"]["steps"]) == (args.guidance_n, args.eval_steps):
+            scores = done["metrics"] | {"eval_s": None}
+        else:  # (other settings over existing samples: ldmkit eval refuses them with a one-line error)
             scores = evaluate_point(model, out, args, g, ("fd", "pr", "is"), args.guidance_n)
         results.append({"guidance": g, "n": args.guidance_n, "steps": args.eval_steps, **scores})
         print(f"guidance {g:g}: {FD} {scores[FD]:.2f} precision {scores['precision']:.3f} "
@@ -276,7 +282,8 @@ def main() -> int:
     ap.add_argument("--threads", type=int, default=0, help="torch threads (0 = torch's default)")
     ap.add_argument("--out", default="runs/compression")
     ap.add_argument("--plot", default=None, help="PNG (default: OUT/compression.png)")
-    ap.add_argument("--tiny", action="store_true", help="smoke test: seconds per row, 20 samples, small UNet")
+    ap.add_argument("--tiny", action="store_true", help="smoke test: overrides budget (<= 3 s per row), eval sizes "
+                    "(20 samples, 2 steps), UNet width (32) and the latent cache (off)")
     args = ap.parse_args()
     try:
         if args.tiny:
