@@ -9,7 +9,7 @@ from PIL import Image
 
 from ldmkit.cli.main import main
 from ldmkit.training.logger import RunLogger
-from ldmkit.training.plot import LINE, nice_ticks
+from ldmkit.training.plot import LINE, PALETTE, log_ticks, nice_ticks, series_plot
 from ldmkit.training.report import curves, latest_samples, read_events
 
 MAGENTA, GREEN = (255, 0, 255), (0, 255, 0)
@@ -37,6 +37,19 @@ def test_nice_ticks():
     assert nice_ticks(0.955, 1.03) == [0.96, 0.98, 1.0, 1.02]
     assert nice_ticks(0, 1e5) == [0, 2e4, 4e4, 6e4, 8e4, 1e5]
     assert nice_ticks(3, 3) == [3]
+
+
+def test_log_ticks():
+    assert log_ticks(4, 110) == [5.0, 10.0, 20.0, 50.0, 100.0]
+    assert log_ticks(1, 1) == [1.0]
+
+
+def test_series_plot_draws_one_coloured_line_per_series():
+    series = {"ddim": ([5, 10, 50], [40.0, 20.0, 10.0]), "heun": ([9, 5], [30.0, 50.0]), "empty": ([], [])}
+    img = series_plot("FD vs NFE", series, x_label="NFE", y_label="FD", log_x=True, size=(500, 300))
+    colours = {c for _, c in img.getcolors(maxcolors=1 << 20)}
+    assert img.size == (500, 300) and {PALETTE[0], PALETTE[1], PALETTE[2]} <= colours  # "empty" still has its legend
+    assert PALETTE[3] not in colours
 
 
 def test_events_and_curves(run):
@@ -97,10 +110,10 @@ def test_tensorboard_missing_is_a_warning(tmp_path, monkeypatch, capsys):
 
 
 def test_series_plot_log_ticks_and_every_series_drawn():
-    from ldmkit.training.plot import PALETTE, _log_ticks, series_plot
+    from ldmkit.training.plot import PALETTE, log_ticks, series_plot
 
-    assert _log_ticks(3, 250) == [5, 10, 20, 50, 100, 200]
-    assert _log_ticks(0.15, 0.6) == [0.2, 0.5]
+    assert log_ticks(3, 250) == [5, 10, 20, 50, 100, 200]
+    assert log_ticks(0.15, 0.6) == [0.2, 0.5]
     img = series_plot("FD", [("f=1", [1, 2], [300, 200], PALETTE[0]), ("f=4", [1, 2, 3], [90, 0, 45], PALETTE[1])],
                       (300, 200), log_y=True, integer_x=False, hline=200, vline=1.5)  # y=0: skipped on a log axis
     colors = {tuple(int(c) for c in px) for px in np.asarray(img).reshape(-1, 3)}

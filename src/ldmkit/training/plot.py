@@ -1,8 +1,8 @@
-"""Line plots drawn with Pillow (matplotlib is not a dependency): axes, ticks, a polyline, a title."""
+"""Line plots drawn with Pillow (matplotlib is not a dependency): axes, ticks, polylines, a title, a legend."""
 from __future__ import annotations
 
 import math
-from typing import Sequence
+from typing import Mapping, Sequence
 
 from PIL import Image, ImageDraw, ImageFont
 
@@ -40,14 +40,19 @@ def line_plot(title: str, xs: Sequence[float], ys: Sequence[float], size: tuple[
     return series_plot(title + last, [("", xs, ys, color)], size)
 
 
-PALETTE = [(31, 119, 180), (255, 127, 14), (44, 160, 44), (214, 39, 40), (148, 103, 189), (140, 86, 75)]
+# tab10's first colours: one per series of a multi-line plot
+PALETTE = [(31, 119, 180), (255, 127, 14), (44, 160, 44), (214, 39, 40), (148, 103, 189), (140, 86, 75),
+           (227, 119, 194), (127, 127, 127), (188, 189, 34), (23, 190, 207)]
 DASH = (150, 150, 150)
+Series = Sequence[tuple[str, Sequence[float], Sequence[float], tuple[int, int, int]]]
 
 
-def _log_ticks(lo: float, hi: float) -> list[float]:
-    """1, 2, 5 x 10^k values inside [lo, hi] (both > 0)."""
-    ticks = [m * 10.0 ** k for k in range(math.floor(math.log10(lo)), math.ceil(math.log10(hi)) + 1) for m in (1, 2, 5)]
-    return [t for t in ticks if lo <= t <= hi]
+def log_ticks(lo: float, hi: float) -> list[float]:
+    """Ticks of a log axis over [lo, hi] (lo > 0): 1, 2, 5 x 10^k."""
+    out = []
+    for k in range(math.floor(math.log10(lo)), math.ceil(math.log10(hi)) + 1):
+        out += [m * 10.0**k for m in (1, 2, 5) if lo * (1 - 1e-9) <= m * 10.0**k <= hi * (1 + 1e-9)]
+    return out
 
 
 def _dashed(draw: ImageDraw.ImageDraw, a: tuple[float, float], b: tuple[float, float], dash: float = 5) -> None:
@@ -58,28 +63,33 @@ def _dashed(draw: ImageDraw.ImageDraw, a: tuple[float, float], b: tuple[float, f
                    a[0] + (b[0] - a[0]) * t1, a[1] + (b[1] - a[1]) * t1), fill=DASH)
 
 
-def series_plot(title: str, series: Sequence[tuple[str, Sequence[float], Sequence[float], tuple[int, int, int]]],
-                size: tuple[int, int] = (420, 240), *, x_label: str = "", log_y: bool = False,
-                integer_x: bool = True, hline: float | None = None, vline: float | None = None) -> Image.Image:
-    """Series (label, xs, ys, colour) on shared axes, a legend when labelled; non-finite points are skipped.
+def series_plot(title: str, series: Series | Mapping[str, tuple[Sequence[float], Sequence[float]]],
+                size: tuple[int, int] = (420, 240), *, x_label: str = "", y_label: str = "", log_x: bool = False,
+                log_y: bool = False, integer_x: bool = True, hline: float | None = None,
+                vline: float | None = None) -> Image.Image:
+    """Series on shared axes, a legend when labelled; non-finite points (and <= 0 on a log axis) are skipped.
 
-    ``log_y`` puts y on a log scale (values must be > 0); ``integer_x`` keeps only whole x ticks (step counts);
-    ``hline`` / ``vline`` draw a dashed reference line at that y / x.
+    ``series``: (label, xs, ys, colour) tuples, or a mapping label -> (xs, ys) coloured from PALETTE in order.
+    ``log_x`` / ``log_y`` put that axis on a log scale; ``integer_x`` keeps only whole x ticks (step counts);
+    ``hline`` / ``vline`` draw a dashed reference line at that y / x. Each line is drawn in x order.
     """
+    if isinstance(series, Mapping):
+        series = [(name, xs, ys, PALETTE[k % len(PALETTE)]) for k, (name, (xs, ys)) in enumerate(series.items())]
     img = Image.new("RGB", size, BACKGROUND)
     draw = ImageDraw.Draw(img)
     font = ImageFont.load_default()
     ty = (lambda y: math.log10(y)) if log_y else (lambda y: y)
-    data = [(label, [(float(x), float(y)) for x, y in zip(xs, ys)
-                     if math.isfinite(float(y)) and (not log_y or float(y) > 0)], color)
-            for label, xs, ys, color in series]
+    tx = (lambda x: math.log10(x)) if log_x else (lambda x: x)
+    data = [(label, sorted((float(x), float(y)) for x, y in zip(xs, ys)
+                           if math.isfinite(float(y)) and (not log_y or float(y) > 0) and (not log_x or float(x) > 0)),
+             color) for label, xs, ys, color in series]
     draw.text((MARGIN_LEFT, 5), title, fill=TEXT, font=font)
     x0, y0, x1, y1 = MARGIN_LEFT, MARGIN_TOP, size[0] - MARGIN_RIGHT, size[1] - MARGIN_BOTTOM  # plot area
     draw.rectangle((x0, y0, x1, y1), outline=AXIS)
     pts = [p for _, ps, _ in data for p in ps]
     if not pts:
         return img
-    xs_all = [p[0] for p in pts] + ([vline] if vline is not None else [])
+    xs_all = [tx(p[0]) for p in pts] + ([tx(vline)] if vline is not None else [])
     ys_all = [ty(p[1]) for p in pts] + ([ty(hline)] if hline is not None and (not log_y or hline > 0) else [])
     xlo, xhi, ylo, yhi = min(xs_all), max(xs_all), min(ys_all), max(ys_all)
     if xhi == xlo:
@@ -91,30 +101,34 @@ def series_plot(title: str, series: Sequence[tuple[str, Sequence[float], Sequenc
         pad = (yhi - ylo) * 0.05
         ylo, yhi = ylo - pad, yhi + pad
 
-    def px(x: float) -> float:
-        return x0 + (x - xlo) / (xhi - xlo) * (x1 - x0)
+    def px(x: float) -> float:  # x in data units
+        return x0 + (tx(x) - xlo) / (xhi - xlo) * (x1 - x0)
 
     def py(y: float) -> float:  # y in plotted units (log10 when log_y)
         return y1 - (y - ylo) / (yhi - ylo) * (y1 - y0)
 
-    yticks = [(ty(t), t) for t in _log_ticks(10 ** ylo, 10 ** yhi)] if log_y else [(t, t) for t in nice_ticks(ylo, yhi)]
+    yticks = [(ty(t), t) for t in log_ticks(10 ** ylo, 10 ** yhi)] if log_y else [(t, t) for t in nice_ticks(ylo, yhi)]
     for y_plot, t in yticks:
         y = py(y_plot)
         draw.line((x0 + 1, y, x1 - 1, y), fill=GRID)
         draw.line((x0 - 4, y, x0, y), fill=AXIS)
         label = _label(t)
         draw.text((x0 - 6 - draw.textlength(label, font=font), y - 5), label, fill=TEXT, font=font)
-    for t in (t for t in nice_ticks(xlo, xhi) if not integer_x or float(t).is_integer()):
+    xticks = log_ticks(10 ** xlo, 10 ** xhi) if log_x else nice_ticks(xlo, xhi)
+    for t in (t for t in xticks if not integer_x or float(t).is_integer()):
         x = px(t)
         draw.line((x, y1, x, y1 + 4), fill=AXIS)
         label = _label(t)
         draw.text((x - draw.textlength(label, font=font) / 2, y1 + 6), label, fill=TEXT, font=font)
     if x_label:
         draw.text((x1 - draw.textlength(x_label, font=font), y1 + 17), x_label, fill=TEXT, font=font)
+    if y_label:
+        draw.text((4, y1 + 17), f"y: {y_label}", fill=TEXT, font=font)
     if hline is not None and (not log_y or hline > 0):
         _dashed(draw, (x0, py(ty(hline))), (x1, py(ty(hline))))
     if vline is not None:
         _dashed(draw, (px(vline), y0), (px(vline), y1))
+    lx = x1 - 24 - max((draw.textlength(label, font=font) for label, _, _ in data if label), default=0)
     for k, (label, ps, color) in enumerate(data):
         line = [(px(x), py(ty(y))) for x, y in ps]
         if len(line) > 1:
@@ -124,6 +138,6 @@ def series_plot(title: str, series: Sequence[tuple[str, Sequence[float], Sequenc
                 draw.ellipse((x - 2.5, y - 2.5, x + 2.5, y + 2.5), fill=color)
         if label:
             ly = y0 + 6 + 12 * k
-            draw.line((x1 - 70, ly + 5, x1 - 56, ly + 5), fill=color, width=2)
-            draw.text((x1 - 52, ly), label, fill=TEXT, font=font)
+            draw.line((lx - 18, ly + 5, lx - 4, ly + 5), fill=color, width=2)
+            draw.text((lx, ly), label, fill=TEXT, font=font)
     return img
