@@ -35,8 +35,8 @@ def plot_sweep(sweep: dict, out: Path) -> Path:
     proto = sweep["protocol"]
     title = f"{key} vs NFE ({proto['n']} samples, guidance {proto['guidance_scale']}; lower is better)"
     out.parent.mkdir(parents=True, exist_ok=True)
-    series_plot(title, series, x_label="NFE (network evaluations per image; log scale)", y_label=key,
-                log_x=True).save(out)
+    series_plot(title, series, (640, 400), x_label="NFE (network evaluations per image; log scale)",
+                y_label=f"{key} (log scale)", log_x=True, log_y=True).save(out)
     return out
 
 

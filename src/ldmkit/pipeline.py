@@ -16,7 +16,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .autoencoder import Autoencoder, AutoencoderConfig
+from .autoencoder import Autoencoder, AutoencoderConfig, IdentityFirstStage, build_autoencoder
 from .autoencoder.tiling import tiled_decode
 from .config import ConfigError, from_dict, to_dict
 from .diffusion import Schedule, ScheduleConfig, cfg_denoise, check_options, classifier_guided, ddim_invert, get_sampler
@@ -67,12 +67,12 @@ class Pipeline(nn.Module):
     classifier guidance towards ``class_labels``, with any sampler and on top of classifier-free guidance.
     """
 
-    def __init__(self, cfg: PipelineConfig, autoencoder: Autoencoder | None = None,
+    def __init__(self, cfg: PipelineConfig, autoencoder: Autoencoder | IdentityFirstStage | None = None,
                  unet: UNetModel | None = None, conditioner: nn.Module | None = None,
                  spatial: nn.Module | None = None):
         super().__init__()
         self.cfg = cfg
-        self.autoencoder = (autoencoder or Autoencoder(cfg.autoencoder)).eval().requires_grad_(False)
+        self.autoencoder = (autoencoder or build_autoencoder(cfg.autoencoder)).eval().requires_grad_(False)
         self.unet = unet or UNetModel(cfg.unet)
         self.conditioner = conditioner if conditioner is not None else build_conditioner(cfg.conditioner)
         self.spatial = spatial if spatial is not None else build_spatial(cfg.concat)

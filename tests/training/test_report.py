@@ -3,6 +3,7 @@ import json
 import sys
 import types
 
+import numpy as np
 import pytest
 from PIL import Image
 
@@ -106,3 +107,14 @@ def test_tensorboard_missing_is_a_warning(tmp_path, monkeypatch, capsys):
     log.close()
     assert "tensorboard package is not installed" in capsys.readouterr().err
     assert json.loads((tmp_path / "events.jsonl").read_text())["loss"] == 0.5
+
+
+def test_series_plot_log_ticks_and_every_series_drawn():
+    from ldmkit.training.plot import PALETTE, log_ticks, series_plot
+
+    assert log_ticks(3, 250) == [5, 10, 20, 50, 100, 200]
+    assert log_ticks(0.15, 0.6) == [0.2, 0.5]
+    img = series_plot("FD", [("f=1", [1, 2], [300, 200], PALETTE[0]), ("f=4", [1, 2, 3], [90, 0, 45], PALETTE[1])],
+                      (300, 200), log_y=True, integer_x=False, hline=200, vline=1.5)  # y=0: skipped on a log axis
+    colors = {tuple(int(c) for c in px) for px in np.asarray(img).reshape(-1, 3)}
+    assert PALETTE[0] in colors and PALETTE[1] in colors

@@ -11,7 +11,7 @@ from ..config import require
 class AutoencoderConfig:
     """Encoder/decoder backbone and latent regulariser, named after the original ``ddconfig``."""
 
-    kind: Literal["kl", "vq"] = "kl"
+    kind: Literal["kl", "vq", "identity"] = "kl"  # identity: pixel space (the latent is the image)
     in_channels: int = 3
     resolution: int = 32
     ch: int = 64
@@ -28,7 +28,12 @@ class AutoencoderConfig:
     def __post_init__(self) -> None:
         self.ch_mult = tuple(self.ch_mult)
         self.attn_resolutions = tuple(self.attn_resolutions)
-        require(self.kind in ("kl", "vq"), "kind", f"expected 'kl' or 'vq', got {self.kind!r}")
+        require(self.kind in ("kl", "vq", "identity"), "kind",
+                f"expected 'kl', 'vq' or 'identity', got {self.kind!r}")
+        if self.kind == "identity":
+            # no layers: the factor is 1 and the latent channels are the image's, whatever was written
+            self.ch_mult = (1,)
+            self.z_channels = self.embed_dim = self.in_channels
         require(1 <= len(self.ch_mult) <= 6, "ch_mult",
                 f"needs 1 to 6 levels (downsampling factor 1 to 32), got {len(self.ch_mult)}")
         require(all(m >= 1 for m in self.ch_mult), "ch_mult", f"entries must be >= 1, got {self.ch_mult}")

@@ -14,6 +14,7 @@ from torch import nn
 
 from .blocks import AttnBlock, Downsample, ResnetBlock, Upsample, normalize, swish
 from .config import AutoencoderConfig
+from .identity import IdentityFirstStage
 from .regularizers import DiagonalGaussian, KLRegularizer, VQRegularizer
 
 
@@ -118,6 +119,8 @@ class Autoencoder(nn.Module):
 
     def __init__(self, cfg: AutoencoderConfig) -> None:
         super().__init__()
+        if cfg.kind == "identity":
+            raise ValueError("Autoencoder: kind 'identity' has no network; build_autoencoder gives IdentityFirstStage")
         self.cfg = cfg
         self.is_vq = cfg.kind == "vq"
         self.encoder = Encoder(cfg, double_z=not self.is_vq)
@@ -186,6 +189,11 @@ class Autoencoder(nn.Module):
         return xrec, reg_loss, info
 
 
+def build_autoencoder(cfg: AutoencoderConfig) -> Autoencoder | IdentityFirstStage:
+    """The first stage a config describes: KL / VQ :class:`Autoencoder`, or the pixel-space identity."""
+    return IdentityFirstStage(cfg) if cfg.kind == "identity" else Autoencoder(cfg)
+
+
 def load_autoencoder(path: str | Path, device: str | torch.device = "cpu") -> tuple[Autoencoder, AutoencoderConfig, float]:
     """An ``autoencoder.safetensors`` release -> (frozen model in eval mode, its config, scale_factor)."""
     from ..config import ConfigError, from_dict
@@ -195,6 +203,6 @@ def load_autoencoder(path: str | Path, device: str | torch.device = "cpu") -> tu
     if meta.get("kind") != "autoencoder":
         raise ConfigError(f"{path}: not an ldmkit autoencoder file (kind={meta.get('kind')!r})")
     cfg = from_dict(AutoencoderConfig, meta["config"])
-    model = Autoencoder(cfg)
+    model = build_autoencoder(cfg)
     model.load_state_dict(tensors)
     return model.to(device).eval().requires_grad_(False), cfg, float(meta.get("scale_factor", 1.0))

@@ -56,6 +56,8 @@ def _vae_folder(cfg: AutoencoderConfig) -> str:
 
 def pipeline_config_to_diffusers(cfg: PipelineConfig) -> dict[str, dict[str, Any]]:
     """The diffusers config dicts of every component: {"unet": ..., "vae" | "vqvae": ..., "scheduler": ...}."""
+    if cfg.autoencoder.kind == "identity":
+        raise ConfigError("diffusers export: a pixel-space pipeline (identity first stage) has no VAE component")
     return {"unet": unet_config_to_diffusers(cfg.unet, cfg.latent_shape[1]),
             _vae_folder(cfg.autoencoder): autoencoder_config_to_diffusers(cfg.autoencoder, cfg.scale_factor),
             "scheduler": schedule_config_to_diffusers(cfg.diffusion)}

@@ -202,6 +202,9 @@ def original_config_to_pipeline_config(yaml_dict: dict[str, Any]) -> PipelineCon
 def pipeline_config_to_original_config(cfg: PipelineConfig) -> dict[str, Any]:
     """The inverse of :func:`original_config_to_pipeline_config`, in the original target/params schema."""
     ae, u, d, c = cfg.autoencoder, cfg.unet, cfg.diffusion, cfg.conditioner
+    if ae.kind == "identity":
+        raise ValueError("original export: pixel-space pipelines (identity first stage) are not mapped to "
+                         "IdentityFirstStage yet")
     u.require_original_layout("original LDM")
     side = ae.latent_shape[1]
     unet = {"image_size": side, **{k: getattr(u, k) for k in (*UNET_REQUIRED, *UNET_OPTIONAL)}}

@@ -30,6 +30,8 @@ class AutoencoderRunConfig:
     scale_samples: int = 2048       # images encoded to estimate the latent scale_factor
 
     def __post_init__(self) -> None:
+        require(self.model.kind != "identity", "model.kind",
+                "identity has nothing to train: pixel-space diffusion is `train-ldm ... first_stage=identity`")
         require(self.model.resolution == self.data.image_size, "model.resolution",
                 f"must equal data.image_size ({self.data.image_size}), got {self.model.resolution}")
         require(self.model.in_channels == self.data.channels, "model.in_channels",

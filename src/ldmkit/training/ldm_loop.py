@@ -1,6 +1,7 @@
 """Latent diffusion training over a frozen first stage: encode, noise, denoise, AdamW, EMA."""
 from __future__ import annotations
 
+import time
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Literal
@@ -8,6 +9,7 @@ from typing import Literal
 import torch
 from torch import nn
 
+from ..autoencoder import AutoencoderConfig, IdentityFirstStage
 from ..convert.loader import load_autoencoder_any, load_pipeline_any
 from ..device import resolve_device
 from ..config import ConfigError, require, to_dict
@@ -63,7 +65,8 @@ class LDMTrainConfig(TrainConfig):
 @dataclass
 class LDMRunConfig:
     data: DataConfig = field(default_factory=lambda: DataConfig(name="fashion_mnist", channels=1))
-    first_stage: str = ""               # autoencoder: ldmkit .safetensors, original .ckpt or diffusers (VAE) folder
+    # autoencoder: ldmkit .safetensors, original .ckpt or diffusers (VAE) folder; "identity" = pixel space
+    first_stage: str = ""
     init_from: str = ""                 # fine-tune a released pipeline (any format): its architecture and weights
     unet: UNetConfig = field(default_factory=UNetConfig)
     conditioner: ConditionerConfig = field(default_factory=ConditionerConfig)
@@ -77,6 +80,19 @@ class LDMRunConfig:
         if self.conditioner.kind != "none":
             require(self.unet.context_dim == self.conditioner.embed_dim, "unet.context_dim",
                     f"must equal conditioner.embed_dim ({self.conditioner.embed_dim}), got {self.unet.context_dim}")
+
+
+IDENTITY = "identity"  # first_stage value for pixel-space diffusion (the original's IdentityFirstStage)
+
+
+def pixel_space(cfg: LDMRunConfig) -> bool:
+    return cfg.first_stage == IDENTITY
+
+
+def identity_first_stage(data: DataConfig) -> tuple[IdentityFirstStage, AutoencoderConfig, float]:
+    """The pixel-space first stage for ``data``: latent = image, scale_factor 1."""
+    ae_cfg = AutoencoderConfig(kind="identity", in_channels=data.channels, resolution=data.image_size)
+    return IdentityFirstStage(ae_cfg), ae_cfg, 1.0
 
 
 def _first_stage_path(cfg: LDMRunConfig) -> Path:
@@ -95,7 +111,9 @@ def adopt_release(cfg: LDMRunConfig, released: Pipeline) -> LDMRunConfig:
 
 
 def build_pipeline(cfg: LDMRunConfig, class_names: list[str], released: Pipeline | None = None) -> Pipeline:
-    if cfg.first_stage or released is None:
+    if pixel_space(cfg):
+        ae, ae_cfg, scale = identity_first_stage(cfg.data)
+    elif cfg.first_stage or released is None:
         ae, ae_cfg, scale = load_autoencoder_any(_first_stage_path(cfg))
     else:
         ae, ae_cfg, scale = released.autoencoder, released.cfg.autoencoder, released.cfg.scale_factor
@@ -140,9 +158,10 @@ class DenoiserLoss(nn.Module):
 
 
 def open_latent_cache(cfg: LDMRunConfig) -> tuple[Path | None, LatentCache | ShardedLatentCache | None]:
-    """(where this run's latent cache lives, the cache if it is complete); (None, None) when caching is off
-    or the data is streamed from tar shards (no index to look latents up by: they are encoded per batch)."""
-    if not cfg.train.cache_latents or cfg.data.name in STREAMED:
+    """(where this run's latent cache lives, the cache if it is complete); (None, None) when caching is off,
+    in pixel space (the "latents" are the images) or when the data is streamed from tar shards (no index to
+    look latents up by: they are encoded per batch)."""
+    if not cfg.train.cache_latents or pixel_space(cfg) or cfg.data.name in STREAMED:
         return None, None
     path = cache_dir(_first_stage_path(cfg), cfg.data, cfg.train.encode_precision)
     return path, LatentCache.load(path)
@@ -160,6 +179,8 @@ def cache_latents(cfg: LDMRunConfig, batch_size: int = 64, shard_size: int = 409
     """``ldmkit cache-latents``: encode the training set (and its mirror images when it flips) once; with
     ``embeddings`` also the frozen text encoder's output for every caption. Returns the latent cache's folder
     (None for tar shards, which are streamed: only their embeddings are cached)."""
+    if pixel_space(cfg):
+        raise ConfigError("first_stage: identity (pixel space) has no latents to cache; train-ldm reads the images")
     if cfg.train.num_threads:
         torch.set_num_threads(cfg.train.num_threads)
     if embeddings:
@@ -220,7 +241,8 @@ def train_ldm(cfg: LDMRunConfig, resume: bool = True) -> Path:
 
     Runs as one process, or as one rank of a ``torchrun`` job (see docs/train-on-many-gpus.md).
     """
-    _first_stage_path(cfg)
+    if not pixel_space(cfg):
+        _first_stage_path(cfg)
     released = None
     if cfg.init_from:
         released = load_pipeline_any(cfg.init_from)
@@ -323,13 +345,21 @@ def _train(cfg: LDMRunConfig, released: Pipeline | None, resume: bool, out: Path
         if step % tc.log_every == 0 or step == tc.steps:
             mean_loss = dist.mean({"loss": float(torch.stack(losses).mean())}, device)  # every rank takes part
             log.log(step, mean_loss | {"lr": lr}, global_batch)
+        measured = time.perf_counter()  # grids and evaluation are measurements: not training time
         if step % tc.sample_every == 0 and dist.is_main:
             _save_samples(pipe, ema.model, tc, out / "samples" / f"samples_{step:07d}.png", preview)
+        scores = None
         if evaluator is not None and step % tc.eval_every == 0:
-            log.log(step, evaluator(_ema_pipeline(pipe, ema.model).eval()))
+            scores = evaluator(_ema_pipeline(pipe, ema.model).eval())
+        measured = time.perf_counter() - measured
+        budget.exclude(measured)
+        log.exclude(measured)
+        if scores is not None:
+            log.log(step, scores)
         if step % tc.ckpt_every == 0:
             ckpt.save(step)
-        if tc.max_minutes and dist.any(budget.spent(), device):  # every rank stops at the same step
+        # rank 0's clock decides (the others wait through its evaluation); every rank stops at the same step
+        if tc.max_minutes and dist.any(dist.is_main and budget.spent(), device):
             log.write(f"time budget of {tc.max_minutes} min spent at step {step}")
             break
     log.close()

@@ -52,6 +52,10 @@ class RunLogger:
         if len(kept) != len(lines):
             self.events.write_text("".join(line + "\n" for line in kept))
 
+    def exclude(self, seconds: float) -> None:
+        """Leave ``seconds`` (an evaluation, a sample grid) out of the logged time and throughput."""
+        self._t0 += seconds
+
     def step(self, n: int = 1) -> None:
         self.bar.update(n)
 

@@ -50,11 +50,22 @@ def set_lr(optimizers: Iterable[torch.optim.Optimizer], lr: float) -> None:
 
 
 class TimeBudget:
-    """``train.max_minutes`` of wall time (0 = unlimited), counted from construction."""
+    """``train.max_minutes`` of training wall time (0 = unlimited), counted from construction.
+
+    Time handed to :meth:`exclude` (periodic evaluation, sample grids: measurements, not training) does not
+    count, so a run with evaluation trains as long as one without it.
+    """
 
     def __init__(self, minutes: float):
         self.seconds = minutes * 60
         self.start = time.perf_counter()
+        self.excluded = 0.0
+
+    def exclude(self, seconds: float) -> None:
+        self.excluded += seconds
+
+    def elapsed(self) -> float:
+        return time.perf_counter() - self.start - self.excluded
 
     def spent(self) -> bool:
-        return bool(self.seconds) and time.perf_counter() - self.start > self.seconds
+        return bool(self.seconds) and self.elapsed() > self.seconds
