@@ -4,8 +4,11 @@ allocator cache or earlier peak of another measurement is counted.
 CPU: the kernel's resident-set high-water mark (VmHWM) is reset to the current RSS right before the step (Linux
 /proc/self/clear_refs), and the step's figure is the high-water mark after it minus that RSS; without clear_refs the
 getrusage ru_maxrss delta is used (the JSON says which). Accelerators: torch.accelerator's peak allocated memory.
-The step is the second one: model, AdamW state and inputs exist before it, so the figure is what a step adds
-(activations kept for backward, gradients, temporaries); ``peak_mib`` is the process's absolute peak.
+The step is the second one: model, AdamW state, gradients (zeroed, not freed) and inputs exist before it, so the
+figure is what the implementation adds: activations kept for backward, temporaries, and under autocast the bf16
+copies of the weights (the same for both sides). Gradients are excluded on purpose: they are the same 4 bytes per
+parameter on both sides, and a freed gradient's memory stays in the C heap, so with set_to_none its reallocation
+would count or not by chance. ``peak_mib`` is the process's absolute peak (diffusers' import included).
 """
 from __future__ import annotations
 
@@ -46,15 +49,14 @@ def memory_child(spec: str, s: Sizes, device: torch.device) -> dict:
     x, t, ctx = unet_inputs(s, s.train_batch, device)
 
     def step() -> None:
-        opt.zero_grad(set_to_none=True)
+        opt.zero_grad(set_to_none=False)
         with torch.autocast(device.type, torch.bfloat16, enabled=precision == "bf16"):
             out = fn(x, t, ctx)
         F.mse_loss(out.float(), x).backward()
         opt.step()
         sync(device)
 
-    step()  # creates the AdamW state
-    opt.zero_grad(set_to_none=True)
+    step()  # creates the gradients and the AdamW state
     gc.collect()
     if device.type == "cpu":
         method = reset_peak_rss()

@@ -68,6 +68,7 @@ def markdown(result: dict[str, Any]) -> str:
                              f"{_check(ratio, target, False)} |")
         method = result["memory"][0]["method"]
         lines += ["", f"memory = what one training step adds to the process ({method} after the step minus the "
-                  "resident memory before it; model, AdamW state and inputs exist already), one fresh process per "
+                  "resident memory before it; model, gradients, AdamW state and inputs exist already): activations "
+                  "kept for backward and temporaries (and, in bf16, autocast's weight copies); one fresh process per "
                   "cell.", ""]
     return "\n".join(lines)
