@@ -8,6 +8,8 @@ inference (forward, sampling, VAE) is fp32, or weights and inputs cast to bf16 (
 from __future__ import annotations
 
 import copy
+import statistics
+import time
 from dataclasses import dataclass, field
 from typing import Any, Callable
 
@@ -80,6 +82,7 @@ def train_case(models: dict[str, nn.Module], s: Sizes, precision: str, device: t
             return loss
 
         case.flops[side] = count_flops(fwd_bwd)  # also the first (untimed) forward and backward
+        opt.step()  # ... and AdamW's state, so the first timed step does not allocate it
         case.fns[side] = _keep(case.outputs, side, step, device)
     return case
 
@@ -102,6 +105,28 @@ def infer_case(models: dict[str, nn.Module], s: Sizes, precision: str, device: t
     return case
 
 
+def compiled_infer_case(models: dict[str, nn.Module], s: Sizes, precision: str, device: torch.device) -> Case:
+    """``infer_case`` with each side's UNet under ``torch.compile`` (default inductor settings); the first call
+    (compilation + one run) is reported as ``compile_seconds``."""
+    x, t, ctx = unet_inputs(s, 2 * s.sample_batch, device)
+    dtype = DTYPES[precision]
+    x, ctx = x.to(dtype), ctx.to(dtype)
+    case = Case("UNet forward, torch.compile", precision, {}, {}, info={"compile_seconds": {}})
+    for side, model in _cast(models, precision).items():
+        case.flops[side] = count_flops(lambda fn=unet_fn(model): fn(x, t, ctx))  # eager: same maths
+        fn = unet_fn(torch.compile(model))
+
+        def fwd(fn=fn) -> Tensor:
+            with torch.inference_mode():
+                return fn(x, t, ctx)
+
+        t0 = time.perf_counter()
+        fwd()
+        case.info["compile_seconds"][side] = time.perf_counter() - t0
+        case.fns[side] = _keep(case.outputs, side, fwd, device)
+    return case
+
+
 def sample_case(models: dict[str, nn.Module], s: Sizes, precision: str, device: torch.device, steps: int,
                 guidance: float = 7.5) -> Case:
     """DDIM (eta 0), ``steps`` steps, classifier-free guidance with one batched [uncond; cond] UNet call per step.
@@ -118,12 +143,20 @@ def sample_case(models: dict[str, nn.Module], s: Sizes, precision: str, device: 
     scheduler = DDIMScheduler.from_config(schedule_config_to_diffusers(ScheduleConfig()))
     m = _cast(models, precision)
     ours, theirs = unet_fn(m["ldmkit"]), unet_fn(m["diffusers"])
+    stamps: dict[str, list[float]] = {"ldmkit": [], "diffusers": []}  # end time of every step of the last run
+
+    def stamp(side: str) -> None:
+        sync(device)
+        stamps[side].append(time.perf_counter())
 
     def ldmkit_sample(n: int = steps) -> Tensor:
+        stamps["ldmkit"] = [time.perf_counter()]
         with torch.inference_mode():
-            return sample_ddim(cfg_denoise(ours, cond, uncond, guidance), x_T, schedule, steps=n)
+            return sample_ddim(cfg_denoise(ours, cond, uncond, guidance), x_T, schedule, steps=n,
+                               callback=lambda *_: stamp("ldmkit"))
 
     def diffusers_sample(n: int = steps) -> Tensor:
+        stamps["diffusers"] = [time.perf_counter()]
         with torch.inference_mode():
             scheduler.set_timesteps(n, device=device)
             latents = x_T * scheduler.init_noise_sigma
@@ -132,6 +165,7 @@ def sample_case(models: dict[str, nn.Module], s: Sizes, precision: str, device: 
                 model_in = scheduler.scale_model_input(torch.cat([latents] * 2), t)
                 eps_u, eps_c = theirs(model_in, t, context).chunk(2)
                 latents = scheduler.step(eps_u + guidance * (eps_c - eps_u), t, latents, return_dict=False)[0]
+                stamp("diffusers")
             return latents
 
     x, t, ctx = unet_inputs(s, 2 * s.sample_batch, device)
@@ -143,7 +177,17 @@ def sample_case(models: dict[str, nn.Module], s: Sizes, precision: str, device: 
             case.flops[side] = steps * count_flops(lambda fn=fn: fn(x, t, ctx))  # one guided step's UNet call
             sample(2)  # warm-up: a short run (a 50-step one would double the cost of this case)
         case.fns[side] = _keep(case.outputs, side, sample, device)
+    case.info["step_stamps"] = stamps  # read by step_medians after timing
     return case
+
+
+def step_medians(case: Case) -> None:
+    """Median seconds per sampler step of each side's last run: 50 repetitions inside one sample, steadier than
+    a few whole samples on a shared machine."""
+    stamps = case.info.pop("step_stamps", None)
+    if stamps:
+        case.info["step_median_seconds"] = {k: statistics.median(b - a for a, b in zip(v, v[1:]))
+                                            for k, v in stamps.items() if len(v) > 1}
 
 
 # ------------------------------------------------------------------------------------------------ VAE

@@ -86,7 +86,7 @@ def vae_pair(cfg: AutoencoderConfig) -> tuple[Autoencoder, nn.Module]:
 
 # One calling convention for both sides: (x, t, context) -> eps.
 def unet_fn(model: nn.Module):
-    if isinstance(model, UNetModel):
+    if isinstance(getattr(model, "_orig_mod", model), UNetModel):  # _orig_mod: under torch.compile
         return lambda x, t, ctx: model(x, t, context=ctx)
     return lambda x, t, ctx: model(x, t, encoder_hidden_states=ctx, return_dict=False)[0]
 

@@ -37,6 +37,13 @@ def markdown(result: dict[str, Any]) -> str:
         for r in result["cases"]:
             name, p = r["case"], r["precision"]
             checks = [_check(r["speedup"], _target(SPEED_TARGETS, name, p), True)]
+            if "step_median_seconds" in r:
+                st = r["step_median_seconds"]
+                checks.append(f"median step: {st['ldmkit']:.3f} s vs {st['diffusers']:.3f} s, "
+                              f"{st['diffusers'] / st['ldmkit']:.3f}x")
+            if "compile_seconds" in r:
+                c = r["compile_seconds"]
+                checks.append(f"first call (compile): {c['ldmkit']:.0f} s vs {c['diffusers']:.0f} s")
             mfu_target = _target(MFU_TARGETS, name, p)
             if mfu_target is not None:
                 checks.append("MFU " + _check(r["mfu"]["ldmkit"], mfu_target, True))
