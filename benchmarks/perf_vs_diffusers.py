@@ -46,7 +46,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--cases", default=",".join(CASES), help=f"subset of {','.join(CASES)}")
     ap.add_argument("--precision", default="fp32,bf16", help="subset of fp32,bf16")
-    ap.add_argument("--reps", type=int, default=3, help="timed repetitions per side (median reported)")
+    ap.add_argument("--reps", type=int, default=5, help="timed repetitions per side (median reported)")
     ap.add_argument("--sample-reps", type=int, default=1,
                     help="whole samples per side (each is --steps UNet calls; the median step is reported too)")
     ap.add_argument("--warmup", type=int, default=0, help="extra untimed calls per side (the first call, which "
