@@ -7,6 +7,7 @@ and samples with any registered sampler.
 """
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Sequence
@@ -18,13 +19,14 @@ from torch import nn
 from .autoencoder import Autoencoder, AutoencoderConfig
 from .autoencoder.tiling import tiled_decode
 from .config import ConfigError, from_dict, to_dict
-from .diffusion import Schedule, ScheduleConfig, cfg_denoise, check_options, ddim_invert, get_sampler
+from .diffusion import Schedule, ScheduleConfig, cfg_denoise, check_options, classifier_guided, ddim_invert, get_sampler
 from .diffusion.editing import paste_known, reimpose_known
 from .diffusion.noise import randn
 from .imageio import to_pil
 from .nn import ConditionerConfig, UNetConfig, UNetModel, build_conditioner
 from .nn.concat import ConcatConfig
-from .nn.spatial import SpatialRescaler, one_hot_map
+from .nn.noisy_classifier import load_noisy_classifier
+from .nn.spatial import SpatialRescaler, box_map, one_hot_map
 from .pipeline_inputs import CallInputs, gather_inputs
 from .weights import load_release, save_release
 
@@ -47,8 +49,8 @@ class PipelineConfig:
 
 
 def build_spatial(cfg: ConcatConfig) -> nn.Module | None:
-    """The trainable part of a concat condition: the semantic map's rescaler (others have none)."""
-    if cfg.kind != "semantic":
+    """The trainable part of a concat condition: the semantic / box map's rescaler (others have none)."""
+    if cfg.kind not in ("semantic", "boxes"):
         return None
     return SpatialRescaler(n_stages=cfg.n_stages, method="bilinear", multiplier=0.5,
                            in_channels=cfg.num_classes, out_channels=cfg.out_channels or None)
@@ -61,6 +63,8 @@ class Pipeline(nn.Module):
     Editing works with any model: ``image`` + ``strength`` is img2img (SDEdit), ``image`` + ``mask``
     inpaints by re-imposing the known region at every step (models with an inpainting concat condition
     take image + mask as that condition instead); :meth:`invert` is DDIM inversion (image -> noise).
+    ``classifier=`` (a noisy latent classifier, ``ldmkit train-classifier``) + ``classifier_scale`` adds
+    classifier guidance towards ``class_labels``, with any sampler and on top of classifier-free guidance.
     """
 
     def __init__(self, cfg: PipelineConfig, autoencoder: Autoencoder | None = None,
@@ -129,6 +133,9 @@ class Pipeline(nn.Module):
             raise ValueError(f"this pipeline is conditioned on a {kind} map: pass {', '.join(missing)}")
         if kind == "semantic":
             out = self.spatial(one_hot_map(inputs["segmentation"], self.cfg.concat.num_classes))
+        elif kind == "boxes":  # rasterised at the image size the rescaler's halvings bring to (h, w)
+            s = 2 ** self.cfg.concat.n_stages
+            out = self.spatial(box_map(inputs["boxes"].float(), self.cfg.concat.num_classes, h * s, w * s))
         elif kind == "low_res":
             out = inputs["low_res"]
         else:  # inpaint: [latent of the masked image, mask in {-1, 1}], as the original inpainting_big model
@@ -170,19 +177,52 @@ class Pipeline(nn.Module):
         return self.unet(x, t, context=cond.get("context"), y=cond.get("y"))
 
     # ---------------------------------------------------------------- sampling
+    def check_classifier(self, classifier: nn.Module) -> None:
+        """Refuse a noisy classifier that was trained for other latents, classes or noise levels."""
+        if self.cfg.conditioner.kind != "class":
+            raise ValueError("classifier guidance needs a class-conditional pipeline: its class_labels are the "
+                             f"classifier's targets (this one has conditioner.kind={self.cfg.conditioner.kind})")
+        ccfg, trained = getattr(classifier, "cfg", None), getattr(classifier, "trained_on", {})
+        if ccfg is not None and ccfg.in_channels != self.cfg.latent_shape[0]:
+            raise ConfigError(f"classifier: takes {ccfg.in_channels} latent channels, the pipeline has "
+                              f"{self.cfg.latent_shape[0]}")
+        if ccfg is not None and ccfg.num_classes != self.cfg.conditioner.num_classes:
+            raise ConfigError(f"classifier: has {ccfg.num_classes} classes, the pipeline "
+                              f"{self.cfg.conditioner.num_classes}")
+        if "diffusion" in trained and trained["diffusion"] != to_dict(self.cfg.diffusion):
+            raise ConfigError(f"classifier: trained on the noise schedule {trained['diffusion']}, the pipeline uses "
+                              f"{to_dict(self.cfg.diffusion)}")
+        if "scale_factor" in trained and not math.isclose(trained["scale_factor"], self.cfg.scale_factor, rel_tol=1e-6):
+            raise ConfigError(f"classifier: trained on latents scaled by {trained['scale_factor']}, the pipeline "
+                              f"scales by {self.cfg.scale_factor}")
+
+    def guided_fn(self, cond: dict | None, uncond: dict | None, guidance_scale: float = 1.0,
+                  classifier: nn.Module | None = None, classifier_labels: torch.Tensor | None = None,
+                  classifier_scale: float = 0.0):
+        """The ``denoise_fn(x_t, t)`` every sampler calls: classifier-free guidance (one batched call), then
+        classifier guidance of the combined eps (``classifier(x_t, t) -> logits`` towards ``classifier_labels``)."""
+        # nothing to guide without a context conditioner: scale 1 is a single plain call
+        scale = guidance_scale if uncond is not None else 1.0
+        denoise_fn = cfg_denoise(self.model_fn, cond, uncond, scale)
+        if classifier is not None and classifier_scale != 0:
+            if classifier_labels is None:
+                raise ValueError("classifier guidance needs class_labels (the classes to guide towards)")
+            denoise_fn = classifier_guided(denoise_fn, self.schedule, classifier, classifier_labels, classifier_scale)
+        return denoise_fn
+
     @torch.no_grad()
     def sample_latents(self, cond: dict | None, uncond: dict | None, noise: torch.Tensor, *, steps: int = 50,
                        guidance_scale: float = 1.0, sampler: str = "ddim",
                        generator: torch.Generator | list[torch.Generator] | None = None,
                        callback=None, known: tuple[torch.Tensor, torch.Tensor] | None = None,
-                       **options) -> torch.Tensor:
+                       classifier: nn.Module | None = None, classifier_labels: torch.Tensor | None = None,
+                       classifier_scale: float = 0.0, **options) -> torch.Tensor:
         """Run ``sampler`` (any registered name) from ``noise``. ``known`` = (latents, mask with 1 = fill)
-        re-imposes the known region at every model call and pastes it into the result; ``options`` go to
-        the sampler (eta, spacing, karras, x_init / strength, ...)."""
+        re-imposes the known region at every model call and pastes it into the result; ``classifier`` guides
+        towards ``classifier_labels`` (see :meth:`guided_fn`); ``options`` go to the sampler (eta, spacing,
+        karras, x_init / strength, ...)."""
         check_options(sampler, options)
-        # nothing to guide without a context conditioner: scale 1 is a single plain call
-        scale = guidance_scale if uncond is not None else 1.0
-        denoise_fn = cfg_denoise(self.model_fn, cond, uncond, scale)
+        denoise_fn = self.guided_fn(cond, uncond, guidance_scale, classifier, classifier_labels, classifier_scale)
         if known is not None:
             denoise_fn = reimpose_known(denoise_fn, self.schedule, known[0], noise, known[1])
         z = get_sampler(sampler)(denoise_fn, noise, self.schedule, steps=steps, generator=generator,
@@ -213,6 +253,7 @@ class Pipeline(nn.Module):
                  guidance_scale: float = 3.0, sampler: str = "ddim", generator: torch.Generator | None = None,
                  seeds: Sequence[int] | None = None, strength: float | None = None,
                  latents: torch.Tensor | None = None, output_type: str = "pil", decode_tile: int | None = None,
+                 classifier: nn.Module | str | Path | None = None, classifier_scale: float = 1.0,
                  **options) -> list | torch.Tensor:
         """Sample images. ``seeds`` gives image k its own generator, so it can be regenerated alone, with
         any sampler and in any batch.
@@ -228,6 +269,11 @@ class Pipeline(nn.Module):
         the known pixels into the output (strength default 1: the fill starts from pure noise).
         ``latents`` replaces the seeded start noise (e.g. the output of :meth:`invert`); ``output_type``
         is "pil", "pt" (images in [-1, 1]) or "latent".
+
+        Classifier guidance: ``classifier`` (a module or a ``train-classifier`` file) steers every step
+        towards ``class_labels`` with strength ``classifier_scale`` (0 = off; the original LDM's ImageNet
+        figure used 10), combined with ``guidance_scale``; each model call adds one classifier forward and
+        backward pass.
         """
         dev = self.device
         inputs = gather_inputs(self.cfg, dev, class_labels=class_labels, prompt=prompt,
@@ -246,6 +292,13 @@ class Pipeline(nn.Module):
             noise = randn(shape, generator, device=dev)
         cond = self.condition(inputs.values, inputs.concat, (h, w))
         uncond = self.uncondition(n, cond, inputs.negative) if self.conditioner is not None else None
+        if isinstance(classifier, (str, Path)):
+            classifier = load_noisy_classifier(classifier)
+        if classifier is not None:
+            self.check_classifier(classifier)
+            classifier = classifier.to(dev).eval()
+            options |= {"classifier": classifier, "classifier_labels": inputs.values,
+                        "classifier_scale": classifier_scale}
         known = None
         if inputs.image is not None:
             z_image = self.encode_latents(inputs.image, sample=False)

@@ -105,6 +105,8 @@ def gather_inputs(cfg, device, *, class_labels=None, prompt=None, negative_promp
     if kind == "semantic" and "segmentation" in batch:
         out.concat = {"segmentation": batch["segmentation"]}
         out.image_hw = tuple(batch["segmentation"].shape[-2:])
+    elif kind == "boxes" and "boxes" in batch:  # no size of its own: the output size is height / width
+        out.concat = {"boxes": batch["boxes"]}
     elif kind == "low_res" and "low_res" in batch:
         out.concat = {"low_res": batch["low_res"]}
         out.image_hw = tuple(s * cfg.concat.factor for s in batch["low_res"].shape[-2:])
@@ -144,8 +146,8 @@ def batch_conditioning(cfg, batch: dict[str, Any],
     if key:
         kw[ARG_NAMES[key]] = batch[key]
     kind = cfg.concat.kind
-    if kind == "semantic":
-        kw["segmentation"] = batch["segmentation"]
+    if kind in ("semantic", "boxes"):
+        kw[cfg.concat.input_keys[0]] = batch[cfg.concat.input_keys[0]]
     elif kind == "low_res":
         if "low_res" in batch:
             kw["low_res"] = batch["low_res"]

@@ -76,3 +76,25 @@ def test_attention_bf16_training_path_matches_sdpa_and_keeps_no_probabilities():
     assert saved == {t.untyped_storage().data_ptr() for t in (q, k, v)}  # no (N, M) tensor kept
     with torch.no_grad():  # inference keeps SDPA
         torch.testing.assert_close(attention(q, k, v), torch.nn.functional.scaled_dot_product_attention(q, k, v))
+
+
+def test_spatial_transformer_position_code_adds_closed_form_code_and_no_parameters():
+    torch.manual_seed(0)
+    plain = SpatialTransformer(16, heads=2, dim_head=8, context_dim=6)
+    with_pos = SpatialTransformer(16, heads=2, dim_head=8, context_dim=6, position=True)
+    assert plain.state_dict().keys() == with_pos.state_dict().keys()
+    # Closed form at a 2x4 grid: cell centres x = (j + 0.5) / 4, y = (i + 0.5) / 2; frequency 0 is pi / 2.
+    code = SpatialTransformer.position_code(2, 4, 16, torch.device("cpu"))  # (8, 16)
+    x = (torch.arange(4) + 0.5) / 4
+    torch.testing.assert_close(code[:4, 0], 0.5 * torch.sin(torch.pi / 2 * x))  # row 0: sin x, k = 0
+    y = torch.tensor([0.25, 0.75])
+    k = 16 // 4  # frequencies at dim 16
+    torch.testing.assert_close(code[::4, 2 * k], 0.5 * torch.sin(torch.pi / 2 * y))  # sin y, k = 0
+    # Every cell gets a distinct code, so a query can tell where it is.
+    assert torch.cdist(code, code).add(torch.eye(8) * 10).min() > 0.05
+    # With the same weights, the position code changes the output (and the plain block ignores position).
+    with_pos.load_state_dict(plain.state_dict())
+    torch.nn.init.normal_(plain.proj_out.weight)
+    with_pos.load_state_dict(plain.state_dict())
+    x_in, ctx = torch.randn(1, 16, 2, 4), torch.randn(1, 3, 6)
+    assert not torch.allclose(plain(x_in, ctx), with_pos(x_in, ctx))

@@ -100,3 +100,25 @@ def test_sincos_corner_code_is_smooth_and_only_on_corner_tokens():
     assert not torch.allclose(learned(boxes), sincos(boxes))
     empty = learned.null(1)  # no corner tokens: the code changes nothing
     torch.testing.assert_close(learned(empty), sincos(empty))
+
+
+def test_object_tokens_one_token_per_box_with_closed_form_box_code():
+    from ldmkit.nn.embeddings import sincos_2d
+
+    cond = make(tokens="object")
+    boxes = torch.tensor([[[3.0, 0.25, 0.5, 0.75, 1.0], PAD_ROW], [[-1.0] * 5, PAD_ROW]])
+    ids, mask = cond.tokens(boxes)
+    assert ids.tolist() == [[cond.start_token, cond.class_offset + 3, cond.pad_token],
+                            [cond.start_token, cond.pad_token, cond.pad_token]]
+    assert mask.tolist() == [[True, True, False], [True, False, False]]
+    code = cond.box_code(cond.pad(boxes))[0, 0]  # centre (0.5, 0.75), size (0.5, 0.5)
+    torch.testing.assert_close(code[:8], sincos_2d(torch.tensor(0.5), torch.tensor(0.75), 8, 8))
+    torch.testing.assert_close(code[8:], sincos_2d(torch.tensor(0.5), torch.tensor(0.5), 8, 8))
+    out = cond(boxes)
+    assert out.shape == (2, 3, 16) and torch.isfinite(out).all()
+    # the position reaches the context: the same class elsewhere gives another object token
+    moved = boxes.clone()
+    moved[0, 0, 1:] = torch.tensor([0.0, 0.0, 0.5, 0.5])
+    assert (cond(moved)[0, 1] - out[0, 1]).abs().max() > 1e-3
+    with pytest.raises(ValueError, match="tokens must be triple or object"):
+        make(tokens="pairs")

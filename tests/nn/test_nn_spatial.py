@@ -53,3 +53,26 @@ def test_one_hot_round_trip():
         one_hot_map(torch.tensor([[[0, 7]]]), 7)
     with pytest.raises(ValueError, match="integer class map"):
         one_hot_map(seg.float(), 7)
+
+
+def test_box_map_closed_form_background_and_padding():
+    from ldmkit.nn.spatial import box_map
+
+    boxes = torch.tensor([[[2.0, 0.0, 0.0, 0.5, 0.5], [5.0, 0.5, 0.25, 1.0, 1.0]],
+                          [[-1.0] * 5, [-1.0] * 5]])
+    m = box_map(boxes, 6, 4, 4)  # pixel centres at 0.125, 0.375, 0.625, 0.875
+    assert m.shape == (2, 6, 4, 4)
+    expected2 = torch.zeros(4, 4)
+    expected2[:2, :2] = 1
+    expected5 = torch.zeros(4, 4)
+    expected5[1:, 2:] = 1
+    torch.testing.assert_close(m[0, 2], expected2)
+    torch.testing.assert_close(m[0, 5], expected5)
+    torch.testing.assert_close(m[0, 0], 1 - expected2 - expected5)
+    assert m[0, [1, 3, 4]].abs().sum() == 0
+    torch.testing.assert_close(m[1, 0], torch.ones(4, 4))  # padding rows draw nothing
+    assert m[1, 1:].abs().sum() == 0
+    with pytest.raises(ValueError, match="class ids must be < num_classes 6"):
+        box_map(torch.tensor([[[6.0, 0, 0, 1, 1]]]), 6, 4, 4)
+    with pytest.raises(ValueError, match=r"\(B, M, 5\)"):
+        box_map(torch.zeros(2, 5), 6, 4, 4)

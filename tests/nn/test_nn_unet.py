@@ -158,3 +158,17 @@ def test_forward_input_errors():
 
 def test_group_norm_fallback():
     assert [_num_groups(c) for c in (320, 64, 16, 48, 7)] == [32, 32, 16, 24, 7]
+
+
+def test_attention_position_option_validated_and_refused_by_exports():
+    from ldmkit.convert.diffusers_config import unet_config_to_diffusers
+
+    with pytest.raises(ConfigError, match="attention_position"):
+        UNetConfig(model_channels=32, channel_mult=(1,), num_head_channels=16, attention_position="learned")
+    cfg = UNetConfig(model_channels=32, channel_mult=(1, 2), num_res_blocks=1, attention_resolutions=(1, 2),
+                     num_head_channels=16, context_dim=8, attention_position="sincos")
+    plain = UNetModel(UNetConfig(**{**cfg.__dict__, "attention_position": "none"}))
+    model = UNetModel(cfg)
+    assert model.state_dict().keys() == plain.state_dict().keys()
+    with pytest.raises(ConfigError, match="attention_position.*diffusers"):
+        unet_config_to_diffusers(cfg, 8)

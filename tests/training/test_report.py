@@ -8,7 +8,7 @@ from PIL import Image
 
 from ldmkit.cli.main import main
 from ldmkit.training.logger import RunLogger
-from ldmkit.training.plot import LINE, nice_ticks
+from ldmkit.training.plot import LINE, PALETTE, log_ticks, nice_ticks, series_plot
 from ldmkit.training.report import curves, latest_samples, read_events
 
 MAGENTA, GREEN = (255, 0, 255), (0, 255, 0)
@@ -36,6 +36,19 @@ def test_nice_ticks():
     assert nice_ticks(0.955, 1.03) == [0.96, 0.98, 1.0, 1.02]
     assert nice_ticks(0, 1e5) == [0, 2e4, 4e4, 6e4, 8e4, 1e5]
     assert nice_ticks(3, 3) == [3]
+
+
+def test_log_ticks():
+    assert log_ticks(4, 110) == [5.0, 10.0, 20.0, 50.0, 100.0]
+    assert log_ticks(1, 1) == [1.0]
+
+
+def test_series_plot_draws_one_coloured_line_per_series():
+    series = {"ddim": ([5, 10, 50], [40.0, 20.0, 10.0]), "heun": ([9, 5], [30.0, 50.0]), "empty": ([], [])}
+    img = series_plot("FD vs NFE", series, x_label="NFE", y_label="FD", log_x=True, size=(500, 300))
+    colours = {c for _, c in img.getcolors(maxcolors=1 << 20)}
+    assert img.size == (500, 300) and {PALETTE[0], PALETTE[1], PALETTE[2]} <= colours  # "empty" still has its legend
+    assert PALETTE[3] not in colours
 
 
 def test_events_and_curves(run):

@@ -18,6 +18,23 @@ def _add_train(sub, name: str, help_text: str) -> None:
     p.add_argument("--no-resume", action="store_true", help="start fresh even if the run folder has a checkpoint")
 
 
+def _add_classifier_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--classifier", default=None,
+                   help="noisy latent classifier (`ldmkit train-classifier`) for classifier guidance")
+    p.add_argument("--classifier-scale", type=float, default=1.0,
+                   help="classifier guidance scale s: eps - s sqrt(1 - abar_t) grad log p(y | x_t) (0 = off)")
+
+
+def _int_list(text: str, flag: str) -> list[int]:
+    try:
+        values = [int(v) for v in text.split(",") if v.strip()]
+    except ValueError:
+        raise ValueError(f"{flag} {text!r}: expected integers, e.g. 5,10,25") from None
+    if not values or min(values) < 1:
+        raise ValueError(f"{flag} {text!r}: expected integers >= 1")
+    return values
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="ldmkit", description="Latent Diffusion Models: train, sample, evaluate.")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
@@ -32,6 +49,38 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("overrides", nargs="*", help="section.key=value overrides, e.g. first_stage=ae.safetensors")
     p.add_argument("--batch-size", type=int, default=64, help="images per encoder call")
     p.add_argument("--shard-size", type=int, default=4096, help="items per shard file")
+    p.add_argument("--embeddings", action="store_true",
+                   help="also cache the frozen text encoder's output for every caption (conditioner.kind=text_frozen); "
+                        "train-ldm then skips the encoder")
+
+    p = sub.add_parser("make-shards", help="write an image folder as WebDataset-style tar shards (data.name=webdataset)",
+                       description="Every image (+ its caption: x.txt, captions.jsonl or captions.json; + its class "
+                                   "subfolder) becomes one sample of OUT_DIR/shard-NNNNN.tar; class names go to "
+                                   "OUT_DIR/classes.json. Train on them with data.name=webdataset data.root=OUT_DIR.")
+    p.add_argument("folder", help="a folder of images (as for data.name=image_folder)")
+    p.add_argument("out_dir", help="folder for the shards")
+    p.add_argument("--per-shard", type=int, default=1000, help="samples per shard (at least one shard per process)")
+    p.add_argument("--prefix", default="shard", help="shard file name prefix")
+
+    p = sub.add_parser("train-classifier", help="a noise-aware latent classifier for classifier guidance",
+                       description="Train p(y | x_t, t) on the latents of a class-conditional pipeline's training "
+                                   "data (encoded once with its autoencoder, cached beside the pipeline), noised "
+                                   "with its schedule; prints the held-out accuracy at a few t. Use it with "
+                                   "`ldmkit sample / eval --classifier PATH --classifier-scale S`.")
+    p.add_argument("pipeline", help="an ldmkit pipeline.safetensors (its data config says what to train on)")
+    p.add_argument("--steps", type=int, default=3000)
+    p.add_argument("--batch-size", type=int, default=128)
+    p.add_argument("--lr", type=float, default=3e-4)
+    p.add_argument("--max-minutes", type=float, default=0.0,
+                   help="training time budget (the one-off encoding of the data is not counted); 0 = none")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--model-channels", type=int, default=64)
+    p.add_argument("--encode-precision", default="fp32", choices=("fp32", "bf16"),
+                   help="precision of the one-off encoding (bf16: ~2x faster on AMX CPUs)")
+    p.add_argument("--eval-n", type=int, default=1000, help="held-out test items for the accuracy report")
+    p.add_argument("--out", default=None, help="weights path (default: classifier.safetensors beside the pipeline)")
+    p.add_argument("--data-root", default=None, help="override the data folder stored with the pipeline")
+    p.add_argument("--device", default="auto")
 
     p = sub.add_parser("report", help="one PNG of a run's loss / lr / metric curves and its latest samples")
     p.add_argument("run_dir", help="a training run folder (holds events.jsonl)")
@@ -74,6 +123,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="timestep spacing (default: uniform for ddim / plms, linspace for the sigma-space samplers)")
     p.add_argument("--karras", action="store_true", help="Karras sigmas (euler, euler_a, heun, dpmpp_2m)")
     p.add_argument("--guidance", type=float, default=3.0, help="classifier-free guidance scale (1 = off)")
+    _add_classifier_args(p)
     p.add_argument("--seed", type=int, default=0, help="image k gets seed + k")
     p.add_argument("--batch-size", type=int, default=100)
     p.add_argument("--device", default="auto")
@@ -88,10 +138,17 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--resize", default="bilinear", help="resize method to the extractor's input size (inception)")
     p.add_argument("--metrics", default="fd,kid,pr", help="comma list of fd, kid, pr, is")
     p.add_argument("--n", type=int, default=10000, help="images to sample / read")
-    p.add_argument("--steps", type=int, default=50)
-    p.add_argument("--sampler", default="ddim")
-    p.add_argument("--eta", type=float, default=0.0)
+    p.add_argument("--sampler", default="ddim",
+                   help="sampler, or a comma list for a sweep (e.g. ddim,dpmpp_2m,euler): every sampler x steps "
+                        "combination is sampled into OUT/<sampler>-<steps>/, with OUT/sweep.json and sweep.md")
+    p.add_argument("--steps", default="50", help="sampling steps, or a comma list for a sweep (e.g. 5,10,15)")
+    p.add_argument("--nfe", default=None,
+                   help="instead of --steps: network evaluations per image, comma list (e.g. 5,10,25,50); each "
+                        "sampler gets the step count that makes them (heun: (NFE + 1) / 2 steps)")
+    p.add_argument("--eta", type=float, default=None,
+                   help="noise of samplers that take it (default: theirs, 0 for ddim, 1 for euler_a)")
     p.add_argument("--guidance", type=float, default=3.0)
+    _add_classifier_args(p)
     p.add_argument("--seed", type=int, default=0, help="image k gets seed + k")
     p.add_argument("--batch-size", type=int, default=250)
     p.add_argument("--data-root", default=None)
@@ -142,7 +199,24 @@ def _run(args: argparse.Namespace) -> None:
         from ..training.ldm_loop import LDMRunConfig, cache_latents
 
         cache_latents(load_config(LDMRunConfig, args.config, args.overrides), batch_size=args.batch_size,
-                      shard_size=args.shard_size)
+                      shard_size=args.shard_size, embeddings=args.embeddings)
+    elif args.command == "train-classifier":
+        from ..training.classifier_loop import ClassifierTrainConfig, accuracy_table, train_noisy_classifier
+
+        cfg = ClassifierTrainConfig(steps=args.steps, batch_size=args.batch_size, lr=args.lr,
+                                    max_minutes=args.max_minutes, seed=args.seed, model_channels=args.model_channels,
+                                    encode_precision=args.encode_precision, eval_n=args.eval_n)
+        path, report = train_noisy_classifier(args.pipeline, cfg, out=args.out, data_root=args.data_root,
+                                              device=args.device)
+        print(accuracy_table(report))
+        print(f"weights: {path}")
+    elif args.command == "make-shards":
+        from ..data.shard_writer import write_shards
+
+        shards = write_shards(args.folder, args.out_dir, args.per_shard, args.prefix)
+        last = len(shards) - 1
+        print(f"{len(shards)} shard(s): {args.out_dir}/{args.prefix}-{{{0:05d}..{last:05d}}}.tar "
+              f"(train with data.name=webdataset data.root={args.out_dir})")
     elif args.command == "report":
         from ..training.report import render_report
 
@@ -160,13 +234,25 @@ def _run(args: argparse.Namespace) -> None:
         sample_command(args)
     elif args.command == "eval":
         from ..evaluation.report import evaluate, metrics_table
+        from ..evaluation.sweep import evaluate_sweep, sweep_table
 
-        report = evaluate(args.source, extractor=args.extractor, weights=args.weights, resize=args.resize, ref=args.ref,
-                          metrics=tuple(m.strip() for m in args.metrics.split(",") if m.strip()), n=args.n,
-                          seed=args.seed, steps=args.steps, sampler=args.sampler, guidance=args.guidance, eta=args.eta,
-                          batch_size=args.batch_size, out=args.out, device=args.device, data_root=args.data_root)
-        print(metrics_table(report))
-        print(f"report: {args.out}/report.json")
+        common = dict(extractor=args.extractor, weights=args.weights, resize=args.resize, ref=args.ref,
+                      metrics=tuple(m.strip() for m in args.metrics.split(",") if m.strip()), n=args.n,
+                      seed=args.seed, guidance=args.guidance, eta=args.eta, batch_size=args.batch_size,
+                      device=args.device, data_root=args.data_root, classifier=args.classifier,
+                      classifier_scale=args.classifier_scale)
+        samplers = [v.strip() for v in args.sampler.split(",") if v.strip()]
+        steps = _int_list(args.steps, "--steps")
+        if args.nfe is not None or len(samplers) > 1 or len(steps) > 1:
+            nfe = _int_list(args.nfe, "--nfe") if args.nfe is not None else None
+            sweep = evaluate_sweep(args.source, samplers, steps=None if nfe else steps, nfe=nfe, out=args.out,
+                                   **common)
+            print(sweep_table(sweep))
+            print(f"sweep: {args.out}/sweep.json, {args.out}/sweep.md")
+        else:
+            report = evaluate(args.source, steps=steps[0], sampler=samplers[0], out=args.out, **common)
+            print(metrics_table(report))
+            print(f"report: {args.out}/report.json")
     elif args.command == "eval-task":
         from ..evaluation.task_report import evaluate_task
 

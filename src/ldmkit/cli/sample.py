@@ -13,6 +13,7 @@ from ..device import resolve_device
 from ..imageio import from_pil, save_grid, save_png
 from ..convert.loader import load_pipeline_any
 from ..diffusion import check_options, sampler_name
+from ..nn.noisy_classifier import load_noisy_classifier
 
 
 def parse_classes(values: list[str] | None, names: list[str], num_classes: int) -> list[int]:
@@ -118,20 +119,27 @@ def sample_options(args: argparse.Namespace) -> dict:
 
 def sample_command(args: argparse.Namespace) -> None:
     options = sample_options(args)
+    guide = {}
+    if args.classifier:  # a bad file fails before the checkpoint loads
+        guide = {"classifier": load_noisy_classifier(args.classifier), "classifier_scale": args.classifier_scale}
     pipe = load_pipeline_any(  # ldmkit, original .ckpt or diffusers folder
         args.checkpoint, device=resolve_device(args.device))
+    if guide:
+        pipe.check_classifier(guide["classifier"])
     items = condition_inputs(args, pipe)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     settings = {"checkpoint": str(args.checkpoint), "sampler": sampler_name(args.sampler), "steps": args.steps,
                 "guidance": args.guidance, **options}
+    if guide:
+        settings |= {"classifier": str(args.classifier), "classifier_scale": args.classifier_scale}
     images = []
     for start in range(0, len(items), args.batch_size):
         chunk = items[start:start + args.batch_size]
         seeds = [args.seed + start + k for k in range(len(chunk))]
         x = pipe(**_stack(chunk), num_inference_steps=args.steps, guidance_scale=args.guidance, sampler=args.sampler,
                  seeds=seeds, height=args.size, width=args.size, output_type="pt", decode_tile=args.decode_tile,
-                 **options)
+                 **guide, **options)
         for k, (img, seed, item) in enumerate(zip(x, seeds, chunk)):
             meta = settings | {"seed": seed}
             if "class_labels" in item:

@@ -227,6 +227,8 @@ def pipeline_config_to_original_config(cfg: PipelineConfig) -> dict[str, Any]:
         raise ValueError(f"original layout: conditioner kind {c.kind!r} has no original cond stage mapping yet")
     if cfg.concat.kind != "none":
         k = cfg.concat
+        if k.kind not in CONCAT_KEYS:
+            raise ValueError(f"original layout: concat kind {k.kind!r} has no original cond stage")
         key, cond_key, trainable = "concat", CONCAT_KEYS[k.kind], k.kind == "semantic"
         cond = {"low_res": {"target": TARGETS["identity"]}, "inpaint": "__is_first_stage__",
                 "semantic": {"target": TARGETS["semantic"], "params": {

@@ -1,4 +1,4 @@
-"""Data sets for ldmkit: Fashion-MNIST, a folder of images, procedural shapes, emoji, photo crops.
+"""Data sets for ldmkit: Fashion-MNIST, a folder of images, tar shards, procedural shapes, emoji, photo crops.
 
 Every item is a dict with ``image`` (float32 (C, H, W) in [-1, 1]) plus whatever
 conditioning the source has (``label``, ``caption``, ``boxes``, ``segmentation``).
@@ -22,6 +22,7 @@ from .image_folder import ImageFolder
 from .masks import MaskedDataset, generate_mask
 from .photos import Photos
 from .shapes import PALETTE, SHAPES, ShapeObject, Shapes, describe
+from .webdataset import WebDataset
 
 
 def build_dataset(cfg: DataConfig, split: Literal["train", "test"]) -> Dataset:
@@ -36,11 +37,20 @@ def build_dataset(cfg: DataConfig, split: Literal["train", "test"]) -> Dataset:
         return Emoji(cfg, split)
     if cfg.name == "photos":
         return Photos(cfg, split)
+    if cfg.name == "webdataset":
+        return WebDataset(cfg, split)
     return Shapes(cfg, split)
 
 
+def first_items(dataset: Dataset, n: int) -> list[dict]:
+    """The first ``n`` items (fewer when the data set is smaller): indexed, or the start of a stream."""
+    if hasattr(dataset, "head"):
+        return dataset.head(n)
+    return [dataset[i] for i in range(min(n, len(dataset)))]  # type: ignore[arg-type]
+
+
 __all__ = [
-    "DataConfig", "DataError", "DataNotFoundError", "build_dataset", "collate",
-    "FashionMNIST", "ImageFolder", "Shapes", "ShapeObject", "PALETTE", "SHAPES", "describe",
+    "DataConfig", "DataError", "DataNotFoundError", "build_dataset", "collate", "first_items",
+    "FashionMNIST", "ImageFolder", "WebDataset", "Shapes", "ShapeObject", "PALETTE", "SHAPES", "describe",
     "Emoji", "Photos", "MaskedDataset", "generate_mask", "LowResDataset", "bicubic_downsample", "bsr_degrade",
 ]

@@ -42,6 +42,41 @@ def read_captions_jsonl(path: Path) -> dict[str, str]:
     return captions
 
 
+def read_captions_json(path: Path) -> dict[str, str]:
+    """``captions.json``: one mapping ``{"rel/path.png": "caption", ...}`` -> {rel path: caption}."""
+    try:
+        table = json.loads(path.read_text(encoding="utf-8"))
+    except json.JSONDecodeError as e:
+        raise DataError(f"{path}: not valid JSON ({e})") from None
+    if not isinstance(table, dict) or not all(isinstance(v, str) for v in table.values()):
+        raise DataError(f"{path}: expected one mapping {{\"rel/path.png\": \"caption\", ...}}")
+    return {Path(k).as_posix(): v for k, v in table.items()}
+
+
+def folder_classes(root: Path, files: list[Path]) -> list[str]:
+    """Sorted first-level subfolder names when *every* image lies in one (the class names), else []."""
+    rel = [p.relative_to(root) for p in files]
+    return sorted({r.parts[0] for r in rel}) if all(len(r.parts) >= 2 for r in rel) else []
+
+
+def folder_captions(root: Path, files: list[Path]) -> list[str | None]:
+    """Each file's caption: a sidecar ``x.txt`` wins over ``captions.jsonl``, then ``captions.json`` at the
+    root; None where an image has none."""
+    table: dict[str, str] = {}
+    if (root / "captions.json").is_file():
+        table |= read_captions_json(root / "captions.json")
+    if (root / "captions.jsonl").is_file():
+        table |= read_captions_jsonl(root / "captions.jsonl")
+    captions: list[str | None] = []
+    for path in files:
+        sidecar = path.with_suffix(".txt")
+        if sidecar.is_file():
+            captions.append(sidecar.read_text(encoding="utf-8").strip())
+        else:
+            captions.append(table.get(path.relative_to(root).as_posix()))
+    return captions
+
+
 class ImageFolder(Dataset):
     """Images under ``cfg.root``, resized + center-cropped to ``cfg.image_size``.
 
@@ -51,7 +86,7 @@ class ImageFolder(Dataset):
 
     Labels: only when *every* image lies in a first-level subfolder; the sorted subfolder
     names are the classes. Captions: a sidecar ``x.txt`` next to ``x.png``, else the
-    ``captions.jsonl`` entry at the root; when any image has a caption, every item has a
+    ``captions.jsonl`` (or ``captions.json``) entry at the root; when any image has a caption, every item has a
     ``caption`` (empty string when missing) so batches collate uniformly.
 
     Corrupt files never crash an epoch: a file that fails to decode is recorded in
@@ -70,11 +105,7 @@ class ImageFolder(Dataset):
         all_files = scan(self.root)
         if not all_files:
             raise DataError(f"no images ({', '.join(EXTENSIONS)}) found under {self.root}")
-        rel = [p.relative_to(self.root) for p in all_files]
-        if all(len(r.parts) >= 2 for r in rel):
-            self.class_names = sorted({r.parts[0] for r in rel})
-        else:
-            self.class_names = []
+        self.class_names = folder_classes(self.root, all_files)
         self.num_classes = len(self.class_names)
         keep = [i for i in range(len(all_files)) if (i % 10 == 0) == (split == "test")]
         self.files = [all_files[i] for i in keep]
@@ -84,25 +115,12 @@ class ImageFolder(Dataset):
         index = {name: i for i, name in enumerate(self.class_names)}
         self.labels = [index[all_files[i].relative_to(self.root).parts[0]] if self.num_classes else -1
                        for i in keep]
-        self.captions = self._captions()
+        self.captions = folder_captions(self.root, self.files)
         self.has_captions = any(c is not None for c in self.captions)
         self.transform = ImageTransform(cfg.image_size, cfg.channels, cfg.flip and split == "train",
                                         generator)
         self.skipped = 0
         self.bad_files: list[str] = []
-
-    def _captions(self) -> list[str | None]:
-        """Sidecar .txt wins over captions.jsonl; None where an image has neither."""
-        jsonl = self.root / "captions.jsonl"
-        table = read_captions_jsonl(jsonl) if jsonl.is_file() else {}
-        captions: list[str | None] = []
-        for path in self.files:
-            sidecar = path.with_suffix(".txt")
-            if sidecar.is_file():
-                captions.append(sidecar.read_text(encoding="utf-8").strip())
-            else:
-                captions.append(table.get(path.relative_to(self.root).as_posix()))
-        return captions
 
     def __len__(self) -> int:
         return len(self.files)

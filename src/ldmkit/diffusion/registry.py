@@ -81,3 +81,10 @@ def check_options(name: str, options: dict) -> None:
     if unknown:
         raise ConfigError(f"sampler {sampler_name(name)}: no option {', '.join(unknown)} "
                           f"(it takes: {', '.join(sorted(sampler_options(name))) or 'none'})")
+
+
+def option_default(name: str, option: str):
+    """The default value of ``option`` for the sampler ``name`` (e.g. eta: 0 for ddim, 1 for euler_a)."""
+    if option not in sampler_options(name):
+        raise ConfigError(f"sampler {sampler_name(name)}: no option {option}")
+    return inspect.signature(get_sampler(name)).parameters[option].default

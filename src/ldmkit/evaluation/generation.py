@@ -8,7 +8,7 @@ So a result does not depend on the batch size, and a resumed run recomputes noth
 from __future__ import annotations
 
 import json
-from dataclasses import asdict, dataclass, replace
+from dataclasses import MISSING, asdict, dataclass, fields, replace
 from pathlib import Path
 from typing import Callable
 
@@ -17,6 +17,7 @@ import torch
 
 from ..data import DataConfig, collate
 from ..data.masks import generate_mask
+from ..diffusion import check_options, option_default, sampler_options
 from ..imageio import to_uint8
 from ..pipeline_inputs import batch_conditioning
 from ..weights import atomic_write, read_release_metadata
@@ -35,6 +36,24 @@ class SampleProtocol:
     eta: float = 0.0
     batch_size: int = 100
     conditions: str = "unconditional"   # "class-balanced" | "unconditional" | "data:<name>:<split>"
+    classifier_sha256: str = ""         # classifier guidance: the noisy classifier's weights ("" = none)
+    classifier_scale: float = 0.0
+
+
+def protocol_eta(sampler: str, eta: float | None = None) -> float:
+    """The eta a run uses: ``eta`` when given (the sampler must take it), else the sampler's default
+    (0 for DDIM, 1 for euler_a); samplers without the option draw no extra noise: recorded as 0."""
+    if eta is not None:
+        check_options(sampler, {"eta": eta})
+        return float(eta)
+    return float(option_default(sampler, "eta")) if "eta" in sampler_options(sampler) else 0.0
+
+
+def same_protocol(saved: dict, proto: SampleProtocol) -> bool:
+    """Whether a folder's recorded protocol is ``proto``; fields added since it was written count as
+    their defaults (a folder from before classifier guidance was unguided)."""
+    defaults = {f.name: f.default for f in fields(SampleProtocol) if f.default is not MISSING}
+    return {**defaults, **saved} == asdict(proto)
 
 
 def model_data_config(path: Path, data_root: str | None = None) -> DataConfig | None:
@@ -77,21 +96,27 @@ def _call_inputs(pipe, proto: SampleProtocol, indices: list[int], dataset) -> di
 
 
 @torch.no_grad()
-def sample_batch(pipe, proto: SampleProtocol, indices: list[int], dataset=None) -> torch.Tensor:
+def sample_batch(pipe, proto: SampleProtocol, indices: list[int], dataset=None, classifier=None) -> torch.Tensor:
     """Images ``indices`` of the protocol, (B, C, H, W) in [-1, 1]."""
+    # every sampler that takes eta (any alias of DDIM, euler_a) gets the protocol's
+    options = {"eta": proto.eta} if "eta" in sampler_options(proto.sampler) else {}
+    if proto.classifier_sha256:
+        if classifier is None:
+            raise ValueError("this protocol is classifier-guided: pass the classifier")
+        options |= {"classifier": classifier, "classifier_scale": proto.classifier_scale}
     return pipe(**_call_inputs(pipe, proto, indices, dataset), num_inference_steps=proto.steps,
                 guidance_scale=proto.guidance_scale, sampler=proto.sampler, seeds=[proto.seed + k for k in indices],
-                output_type="pt", **({"eta": proto.eta} if proto.sampler == "ddim" else {}))
+                output_type="pt", **options)
 
 
 @torch.no_grad()
 def generate_images(pipe, proto: SampleProtocol, out_dir: Path, dataset=None,
-                    progress: Callable[[int, int], None] | None = None) -> np.ndarray:
+                    progress: Callable[[int, int], None] | None = None, classifier=None) -> np.ndarray:
     """All ``proto.n`` images as uint8 (N, H, W, C); finished batches in ``out_dir`` are reused."""
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     record = out_dir / "protocol.json"
-    if record.is_file() and json.loads(record.read_text()) != asdict(proto):
+    if record.is_file() and not same_protocol(json.loads(record.read_text()), proto):
         raise ValueError(f"{out_dir} holds samples made with other settings ({record}); choose another --out")
     atomic_write(record, lambda tmp: Path(tmp).write_text(json.dumps(asdict(proto), indent=1)))
     if proto.conditions.startswith("data") and dataset is None:
@@ -103,7 +128,7 @@ def generate_images(pipe, proto: SampleProtocol, out_dir: Path, dataset=None,
         if path.is_file():
             parts.append(np.load(path)["images"])
         else:
-            images = to_uint8(sample_batch(pipe, proto, indices, dataset))  # (B, H, W, C)
+            images = to_uint8(sample_batch(pipe, proto, indices, dataset, classifier))  # (B, H, W, C)
             # atomic: a killed run never leaves a half-written batch
             atomic_write(path, lambda tmp: _save_npz(tmp, images))
             parts.append(images)

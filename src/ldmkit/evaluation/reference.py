@@ -19,7 +19,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from ..config import ConfigError, require, to_dict
+from ..config import ConfigError, require
 from ..weights import file_digest, load_release, save_release
 from .features import FeatureExtractor, describe, extract
 from .metrics import feature_statistics
@@ -36,9 +36,10 @@ def default_cache_dir() -> Path:
 def _dataset_identity(dataset) -> tuple[str, dict]:
     """(short name, the fields that decide which images the data set yields)."""
     from ..data import DataConfig
+    from ..data.config import data_identity
 
     if isinstance(dataset, DataConfig):
-        fields = to_dict(dataset)
+        fields = data_identity(dataset)
         for k in ("flip", "download"):  # augmentation is off for reference images; downloading changes nothing
             fields.pop(k)
         if fields.get("root"):

@@ -20,9 +20,12 @@ import torch
 from .. import __version__
 from ..config import ConfigError
 from ..data import DataConfig, build_dataset
+from ..diffusion import sampler_name
+from ..nn.noisy_classifier import load_noisy_classifier
 from ..weights import atomic_write, file_digest
 from .features import INCEPTION, build_extractor, describe, extract
-from .generation import SampleProtocol, condition_kind, generate_images, images_to_tensor, model_data_config
+from .generation import (SampleProtocol, condition_kind, generate_images, images_to_tensor, model_data_config,
+                         protocol_eta)
 from .metrics import feature_statistics, frechet_distance, inception_score, kid, precision_recall
 from .reference import reference_statistics
 
@@ -70,20 +73,28 @@ def _read_images(source: Path) -> torch.Tensor:
 
 def evaluate(source: str, *, extractor: str = "fmnist", weights: str | None = None, resize: str = "bilinear",
              ref: str | None = None, metrics: tuple[str, ...] = ("fd", "kid", "pr"), n: int = 10000, seed: int = 0,
-             steps: int = 50, sampler: str = "ddim", guidance: float = 3.0, eta: float = 0.0, batch_size: int = 250,
-             out: str | Path = "runs/eval", device: str = "auto", data_root: str | None = None,
-             log=print) -> dict[str, Any]:
-    """Evaluate ``source``: a pipeline (sampled, resumable), a folder / .npz of images, or ``data:NAME:SPLIT``."""
+             steps: int = 50, sampler: str = "ddim", guidance: float = 3.0, eta: float | None = None,
+             batch_size: int = 250, out: str | Path = "runs/eval", device: str = "auto", data_root: str | None = None,
+             classifier: str | None = None, classifier_scale: float = 1.0, log=print) -> dict[str, Any]:
+    """Evaluate ``source``: a pipeline (sampled, resumable), a folder / .npz of images, or ``data:NAME:SPLIT``.
+
+    ``eta`` None is the sampler's own default; ``classifier`` (a ``train-classifier`` file) adds classifier
+    guidance of scale ``classifier_scale`` to the sampling (recorded in the protocol with its hash)."""
     from ..device import resolve_device
 
     bad = set(metrics) - set(METRICS)
     if bad:
         raise ConfigError(f"metrics: unknown {sorted(bad)}, expected some of {list(METRICS)}")
     out = Path(out)
+    path = Path(source)
+    sampled = path.is_file() and path.suffix == ".safetensors"
+    if sampled:
+        protocol_eta(sampler, eta)  # an unknown sampler or option fails before anything loads
+    elif classifier:
+        raise ValueError("--classifier: classifier guidance applies when sampling a pipeline, not to given images")
     dev = resolve_device(device)
     fx = build_extractor(extractor, weights, dev, resize)
     report: dict[str, Any] = {"source": source}
-    path = Path(source)
     data_cfg = None
     if source.startswith("data:"):
         name, _, split = source[5:].partition(":")
@@ -92,11 +103,15 @@ def evaluate(source: str, *, extractor: str = "fmnist", weights: str | None = No
         report["images"] = {"data": name, "split": split or "train", "n": min(n, len(images))}
         fake_input = (images.images_tensor()[:n] if hasattr(images, "images_tensor")
                       else torch.stack([images[i]["image"] for i in range(min(n, len(images)))]))
-    elif path.is_file() and path.suffix == ".safetensors":
+    elif sampled:
         from ..pipeline import Pipeline
 
         data_cfg = model_data_config(path, data_root)
         pipe = Pipeline.load(path, device=dev)
+        clf = None
+        if classifier:
+            clf = load_noisy_classifier(classifier, dev)
+            pipe.check_classifier(clf)
         kind = condition_kind(pipe)
         dataset = None
         if kind == "data":
@@ -104,10 +119,15 @@ def evaluate(source: str, *, extractor: str = "fmnist", weights: str | None = No
                 raise ValueError(f"{path}: no data config stored with the model to take conditions from")
             dataset = build_dataset(data_cfg, "test")
             kind = f"data:{data_cfg.name}:test"
-        proto = SampleProtocol(file_digest(path), n, seed, steps, sampler, guidance, eta, batch_size, kind)
+        proto = SampleProtocol(file_digest(path), n, seed, steps, sampler_name(sampler), guidance,
+                               protocol_eta(sampler, eta), batch_size, kind,
+                               file_digest(Path(classifier)) if clf is not None else "",
+                               classifier_scale if clf is not None else 0.0)
         samples = generate_images(pipe, proto, out / "samples", dataset,
-                                  progress=lambda k, total: log(f"sampled {k}/{total}"))
+                                  progress=lambda k, total: log(f"sampled {k}/{total}"), classifier=clf)
         report["images"] = asdict(proto) | {"checkpoint": str(path), "seeds": f"{seed}..{seed + n - 1} (image k: seed + k)"}
+        if clf is not None:
+            report["images"]["classifier"] = str(classifier)
         fake_input = images_to_tensor(samples)
     elif path.exists():
         fake_input = _read_images(path)[:n]

@@ -18,14 +18,16 @@ import torch.nn.functional as F
 
 from .. import __version__
 from ..data import build_dataset
+from ..diffusion import sampler_name
 from ..weights import atomic_write, file_digest
-from .generation import SampleProtocol, eval_batch, generate_images, images_to_tensor, model_data_config
+from .generation import SampleProtocol, eval_batch, generate_images, images_to_tensor, model_data_config, protocol_eta
 from .tasks import MIoU, caption_accuracy, inpainting_report, mean_layout_iou, segment_shapes, sr_report
 
 
 def task_name(cfg) -> str:
     """The paper task a pipeline config performs."""
-    concat = {"semantic": "semantic", "low_res": "super-resolution", "inpaint": "inpainting"}.get(cfg.concat.kind)
+    concat = {"semantic": "semantic", "low_res": "super-resolution", "inpaint": "inpainting",
+              "boxes": "layout"}.get(cfg.concat.kind)
     if concat:
         return concat
     return {"text": "text", "text_frozen": "text", "bert": "text", "layout": "layout", "class": "class"}.get(cfg.conditioner.kind,
@@ -79,8 +81,8 @@ def evaluate_task(checkpoint: str, *, n: int = 500, seed: int = 0, steps: int = 
         raise ValueError(f"{path}: no data config stored with the model, cannot take test conditions")
     pipe = Pipeline.load(path, device=dev)
     dataset = build_dataset(data_cfg, "test")
-    proto = SampleProtocol(file_digest(path), n, seed, steps, sampler, guidance, 0.0, batch_size,
-                           f"data:{data_cfg.name}:test")
+    proto = SampleProtocol(file_digest(path), n, seed, steps, sampler_name(sampler), guidance, protocol_eta(sampler),
+                           batch_size, f"data:{data_cfg.name}:test")
     fake = images_to_tensor(generate_images(pipe, proto, out / "samples", dataset,
                                             progress=lambda k, total: log(f"sampled {k}/{total}")))
     batch = eval_batch(pipe, dataset, list(range(n)), seed)

@@ -2,13 +2,18 @@
 
 Generated shapes images are scored by reading them back: each pixel is explained as a mix of the
 grey background and one palette colour, same-colour pixels form connected components, and each
-component's shape follows from how much of its bounding box it fills (square 1, circle pi/4,
-triangle 1/2) and whether its mass sits low (the triangle's apex points up).
+component's shape follows from how much of its box it fills and whether its mass sits low (the
+triangle's apex points up: triangle or not), then, for the rest, from its compactness (square or
+circle). Compactness uses the projections' extents (mass / longest column, mass / longest row), not
+a thresholded box: a square whose edges fall between pixels, or are slightly blurred, has a rim of
+half-covered pixels that a box counts as empty (an 8-pixel square then fills 0.8 of its box, nearer
+a circle's pi/4), while its projections stay exact.
 
 Why a mix and not plain nearest colour: an antialiased edge pixel of a red object on grey is
 closer to orange than to red, so nearest-colour labelling would invent orange fringes. Projecting
 onto the grey-to-colour segment gives each colour a coverage ``alpha`` and a residual instead; a
-pixel belongs to the colour of smallest residual once ``alpha >= 0.5``, the same "covered by at
+pixel belongs to the colour of smallest residual (among those it covers >= ``box_coverage``) once
+``alpha >= 0.5``, the same "covered by at
 least half" rule ``render`` uses for the segmentation map, so on clean data the two agree.
 """
 from __future__ import annotations
@@ -22,8 +27,10 @@ from scipy import ndimage
 from ldmkit.config import require
 from ldmkit.data.shapes import COLOURS, PALETTE, SHAPES, ShapeObject
 
-# Prototype (fill ratio, 2 x bottom-heaviness) of each shape, in SHAPES order; see _shape_of.
+# Prototype (fill ratio of the box, 2 x bottom-heaviness) of each shape, in SHAPES order; see _shape_of.
 _PROTOTYPES = np.array([[np.pi / 4, 0.0], [1.0, 0.0], [0.5, 1.0]])
+# Compactness = longest column x longest row / mass: square s*s/s^2 = 1, circle (2r)^2/(pi r^2) = 4/pi.
+_SQUARE_CIRCLE_SPLIT = (1.0 + 4 / np.pi) / 2
 _PALETTE_RGB = np.array([PALETTE[c] for c in COLOURS], dtype=np.float64)  # (K, 3)
 _EIGHT = np.ones((3, 3), dtype=bool)  # 8-connectivity: a triangle's one-pixel apex stays attached
 
@@ -91,22 +98,29 @@ def _colour_coverage(rgb: np.ndarray, cfg: DetectorConfig) -> tuple[np.ndarray, 
     return alpha.reshape(h, w, -1), np.where(ok, resid2, np.inf).reshape(h, w, -1)
 
 
-def _shape_of(weights: np.ndarray) -> str:
-    """Nearest prototype in (fill ratio of the box, bottom-heaviness) for a soft mask cropped to its box.
+def _shape_of(weights: np.ndarray, box: np.ndarray) -> str:
+    """Triangle or not from (fill ratio, bottom-heaviness) of ``box``; then square or circle by compactness.
 
-    Bottom-heaviness = (mass of the lower half - mass of the upper half) / mass: 0 for circles and
-    squares, 1/2 for an apex-up triangle. It counts double because symmetry makes it the surer cue:
-    a triangle with a blunted apex (common in generated images) fills ~2/3 of its box, nearer a
-    circle's pi/4, but its mass still sits low.
+    ``box`` is the soft mask cropped to the pixels covered at least ``box_coverage``; ``weights`` the same
+    mask with its partly covered rim. Bottom-heaviness = (mass of the lower half - mass of the upper
+    half) / mass: 0 for circles and squares, 1/2 for an apex-up triangle. It counts double because
+    symmetry makes it the surer cue: a triangle with a blunted apex (common in generated images) fills
+    ~2/3 of its box, nearer a circle's pi/4, but its mass still sits low.
+    Square vs circle: compactness = (longest column sum) x (longest row sum) / mass of ``weights``, the
+    sub-pixel extents of the shape: exact for a square at any offset and unchanged by a mild blur (which
+    moves mass along a column, not out of it), where the fill of a thresholded box is not.
     """
-    h, w = weights.shape
-    mass = weights.sum()
+    h, w = box.shape
+    mass = box.sum()
     fill = mass / (h * w)
     rows = np.arange(h) + 0.5  # pixel centres; the box's middle is at h / 2
-    lower = weights[rows > h / 2].sum() + 0.5 * weights[rows == h / 2].sum()
+    lower = box[rows > h / 2].sum() + 0.5 * box[rows == h / 2].sum()
     heavy = (2 * lower - mass) / mass
     dist = ((_PROTOTYPES - [fill, 2 * heavy]) ** 2).sum(1)
-    return SHAPES[int(dist.argmin())]
+    if SHAPES[int(dist.argmin())] == "triangle":
+        return "triangle"
+    compact = weights.sum(axis=0).max() * weights.sum(axis=1).max() / weights.sum()
+    return "square" if compact < _SQUARE_CIRCLE_SPLIT else "circle"
 
 
 def analyse_shapes(image: torch.Tensor | np.ndarray,
@@ -116,10 +130,13 @@ def analyse_shapes(image: torch.Tensor | np.ndarray,
     rgb = to_rgb255(image)
     h, w = rgb.shape[:2]
     alpha, resid2 = _colour_coverage(rgb, cfg)  # (H, W, K) each
-    # A pixel's colour: the closest segment among those it covers at least `coverage` of.
-    resid_eligible = np.where(alpha >= cfg.coverage, resid2, np.inf)
+    # A pixel's colour: the closest segment among those it covers at least `box_coverage` of; it counts
+    # as that colour once it covers `coverage` of it. (Eligibility at `coverage` first would give a rim
+    # pixel half covered by orange to yellow, whose segment passes near it at alpha 0.505: a yellow ring.)
+    resid_eligible = np.where(alpha >= cfg.box_coverage, resid2, np.inf)
     best = resid_eligible.argmin(axis=2)  # (H, W)
-    coloured = np.isfinite(resid_eligible.min(axis=2))
+    best_alpha = np.take_along_axis(alpha, best[..., None], axis=2)[..., 0]
+    coloured = np.isfinite(resid_eligible.min(axis=2)) & (best_alpha >= cfg.coverage)
     soft = np.where(np.isfinite(resid2), alpha, 0.0)  # (H, W, K) coverage where the colour fits
     min_area = cfg.min_area_fraction * h * w
     found: list[tuple[int, ShapeObject, np.ndarray]] = []
@@ -136,7 +153,7 @@ def analyse_shapes(image: torch.Tensor | np.ndarray,
             weights = np.where(near, soft[y0:y1, x0:x1, k], 0.0)
             ys, xs = np.nonzero(weights >= cfg.box_coverage)
             by0, by1, bx0, bx1 = y0 + ys.min(), y0 + ys.max() + 1, x0 + xs.min(), x0 + xs.max() + 1
-            shape = _shape_of(weights[by0 - y0:by1 - y0, bx0 - x0:bx1 - x0])
+            shape = _shape_of(weights, weights[by0 - y0:by1 - y0, bx0 - x0:bx1 - x0])
             box = (float(bx0 / w), float(by0 / h), float(bx1 / w), float(by1 / h))
             full = np.zeros((h, w), dtype=bool)
             full[sl] = mask

@@ -8,6 +8,8 @@ from ldmkit.nn.conditioner_base import Conditioner
 from ldmkit.nn.conditioners import ClassEmbedder, ConditionerConfig, build_conditioner
 from ldmkit.nn.embeddings import timestep_embedding
 from ldmkit.nn.layout import LayoutConditioner
+from ldmkit.nn.noisy_classifier import (NoisyClassifier, NoisyClassifierConfig, load_noisy_classifier,
+                                        save_noisy_classifier)
 from ldmkit.nn.text import (FrozenTextConditioner, TextConditioner, TextTransformer, TransformerEncoder,
                             WordPieceTokenizer, find_bert_vocab)
 from ldmkit.nn.unet import UNetConfig, UNetModel
@@ -22,6 +24,8 @@ __all__ = [
     "FrozenTextConditioner",
     "GroupNorm32",
     "LayoutConditioner",
+    "NoisyClassifier",
+    "NoisyClassifierConfig",
     "ResBlock",
     "SpatialTransformer",
     "TextConditioner",
@@ -33,6 +37,8 @@ __all__ = [
     "WordPieceTokenizer",
     "build_conditioner",
     "find_bert_vocab",
+    "load_noisy_classifier",
     "normalization",
+    "save_noisy_classifier",
     "timestep_embedding",
 ]

@@ -1,7 +1,8 @@
 """Spatial conditioning by channel concatenation (semantic maps, low-res images, masked images).
 
 The paper conditions its semantic-synthesis, super-resolution and inpainting models by concatenating
-a map of the latent's size onto the UNet input. ``ConcatConfig`` says which map and how many channels
+a map of the latent's size onto the UNet input. ``boxes`` (not in the original) rasterises a layout's boxes
+into a class map and treats it like a semantic map; with a layout conditioner this is the hybrid layout model. ``ConcatConfig`` says which map and how many channels
 it adds; the pipeline builds the map (inpainting needs the first stage to encode the masked image).
 """
 from __future__ import annotations
@@ -11,15 +12,15 @@ from typing import Literal
 
 from ldmkit.config import require
 
-CONCAT_KINDS = ("none", "semantic", "low_res", "inpaint")
+CONCAT_KINDS = ("none", "semantic", "low_res", "inpaint", "boxes")
 
 
 @dataclass
 class ConcatConfig:
-    kind: Literal["none", "semantic", "low_res", "inpaint"] = "none"
-    num_classes: int = 19          # semantic: classes of the map, background included (shapes: 18 + 1)
-    n_stages: int = 2              # semantic: halvings from image to latent size (log2 of the first stage's f)
-    out_channels: int = 3          # semantic: 1x1 remap of the one-hot map (0 = keep num_classes channels)
+    kind: Literal["none", "semantic", "low_res", "inpaint", "boxes"] = "none"
+    num_classes: int = 19          # semantic, boxes: classes of the map, background included (shapes: 18 + 1)
+    n_stages: int = 2              # semantic, boxes: halvings from image to latent size (log2 of the first stage's f)
+    out_channels: int = 3          # semantic, boxes: 1x1 remap of the one-hot map (0 = keep num_classes channels)
     factor: int = 4                # low_res: super-resolution factor (high-res side / low-res side)
     degradation: Literal["bicubic", "bsr"] = "bicubic"   # low_res: how training pairs are made
     mask_kind: Literal["large", "box", "stroke"] = "large"   # inpaint: training mask generator
@@ -37,7 +38,7 @@ class ConcatConfig:
 
     def channels(self, latent_channels: int, image_channels: int) -> int:
         """Channels this condition adds to the UNet input."""
-        if self.kind == "semantic":
+        if self.kind in ("semantic", "boxes"):
             return self.out_channels or self.num_classes
         if self.kind == "low_res":
             return image_channels
@@ -49,4 +50,5 @@ class ConcatConfig:
     def input_keys(self) -> tuple[str, ...]:
         """Batch / call fields the condition is built from."""
         return {"none": (), "semantic": ("segmentation",), "low_res": ("low_res",),
-                "inpaint": ("mask", "masked_image")}[self.kind]
+                "inpaint": ("mask", "masked_image"),
+                "boxes": ("boxes",)}[self.kind]

@@ -71,6 +71,7 @@ class ConditionerConfig:
     coord_bins: int = 16         # corner grid per axis (layout)
     max_objects: int = 2         # objects per layout (layout)
     coord_embedding: Literal["learned", "sincos"] = "learned"   # layout corners: + fixed 2-D sin/cos code
+    layout_tokens: Literal["triple", "object"] = "triple"   # layout: 3 tokens per box (original) or 1 (class + box code)
 
     def __post_init__(self) -> None:
         require(self.kind in KINDS, "kind", f"expected one of {list(KINDS)}, got {self.kind!r}")
@@ -83,6 +84,8 @@ class ConditionerConfig:
             require(self.embed_dim % self.n_head == 0, "n_head",
                     f"must divide embed_dim {self.embed_dim}, got {self.n_head}")
         require(self.coord_bins >= 2, "coord_bins", f"must be >= 2, got {self.coord_bins}")
+        require(self.layout_tokens in ("triple", "object"), "layout_tokens",
+                f"expected triple or object, got {self.layout_tokens!r}")
         require(self.coord_embedding in ("learned", "sincos"), "coord_embedding",
                 f"expected learned or sincos, got {self.coord_embedding!r}")
         require(self.max_objects >= 1, "max_objects", f"must be >= 1, got {self.max_objects}")
@@ -100,5 +103,5 @@ def build_conditioner(cfg: ConditionerConfig) -> Conditioner | None:
         return FrozenTextConditioner(cfg.encoder_path, cfg.max_length, cfg.embed_dim)
     if cfg.kind == "layout":
         return LayoutConditioner(cfg.num_classes, cfg.coord_bins, cfg.max_objects, cfg.embed_dim,
-                                 cfg.n_layer, cfg.n_head, cfg.coord_embedding)
+                                 cfg.n_layer, cfg.n_head, cfg.coord_embedding, cfg.layout_tokens)
     return None

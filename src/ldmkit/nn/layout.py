@@ -9,6 +9,12 @@ range, the token ids here are laid out in disjoint ranges so no class can be mis
     [bins^2, bins^2 + num_classes + 1)  class id c in 0..num_classes (0 = background, data ids are 1-based)
     bins^2 + num_classes + 1            start token, always first and never masked
     bins^2 + num_classes + 2            padding (objects absent from a layout), masked as attention keys
+
+``tokens="object"`` (GLIGEN-style, not in the original) instead gives each object ONE token: its class embedding
+plus a fixed code of its box (``sincos_2d`` of the centre and of the size). With three tokens the UNet must learn
+two things at once before either pays (the encoder moving a class into its corner tokens, and queries matching
+corner positions); on shapes it learned neither: moving every box left the loss unchanged (docs/results.md). One
+token holds the class as its value and the box in its key, so matching a query's position to it pays at once.
 """
 from __future__ import annotations
 
@@ -38,8 +44,11 @@ class LayoutConditioner(Conditioner):
     input_key = "boxes"
 
     def __init__(self, num_classes: int, coord_bins: int = 16, max_objects: int = 2, embed_dim: int = 64,
-                 n_layer: int = 2, n_head: int = 4, coord_embedding: str = "learned"):
+                 n_layer: int = 2, n_head: int = 4, coord_embedding: str = "learned", tokens: str = "triple"):
         super().__init__()
+        if tokens not in ("triple", "object"):
+            raise ValueError(f"LayoutConditioner: tokens must be triple or object, got {tokens!r}")
+        self.token_mode = tokens
         self.num_classes = num_classes
         self.coord_bins = coord_bins
         self.max_objects = max_objects
@@ -47,7 +56,7 @@ class LayoutConditioner(Conditioner):
         self.class_offset = coord_bins * coord_bins
         self.start_token = self.class_offset + num_classes + 1
         self.pad_token = self.start_token + 1
-        self.seq_len = 1 + 3 * max_objects
+        self.seq_len = 1 + (3 if tokens == "triple" else 1) * max_objects
         # The same embedding + positions + encoder + final norm as text: one implementation of both.
         self.transformer = TextTransformer(self.pad_token + 1, self.seq_len, embed_dim, n_layer, n_head)
         # "sincos": each corner token also gets a fixed 2-D sinusoidal code of its (x, y), so neighbouring cells
@@ -84,22 +93,41 @@ class LayoutConditioner(Conditioner):
         if bool((cls[valid] > self.num_classes).any()):
             raise ValueError(f"LayoutConditioner: class ids must be <= num_classes {self.num_classes}, "
                              f"got {int(cls[valid].max())}")
+        start = torch.full((b, 1), self.start_token, dtype=torch.long, device=boxes.device)
+        start_mask = torch.ones_like(start, dtype=torch.bool)
+        if self.token_mode == "object":
+            ids = torch.where(valid, self.class_offset + cls, torch.full_like(cls, self.pad_token))  # (B, M)
+            return torch.cat([start, ids], dim=1), torch.cat([start_mask, valid], dim=1)  # (B, 1 + M)
         tl = self.corner_token(boxes[..., 1], boxes[..., 2])  # (B, M)
         br = self.corner_token(boxes[..., 3], boxes[..., 4])
         triples = torch.stack([self.class_offset + cls, tl, br], dim=-1)  # (B, M, 3)
         triples = torch.where(valid[..., None], triples, torch.full_like(triples, self.pad_token))
-        start = torch.full((b, 1), self.start_token, dtype=torch.long, device=boxes.device)
         ids = torch.cat([start, triples.reshape(b, -1)], dim=1)  # (B, 1 + 3M)
-        mask = torch.cat([torch.ones_like(start, dtype=torch.bool), valid.repeat_interleave(3, dim=1)], dim=1)
+        mask = torch.cat([start_mask, valid.repeat_interleave(3, dim=1)], dim=1)
         return ids, mask
+
+    def box_code(self, boxes: Tensor) -> Tensor:
+        """(B, M, 5) padded boxes -> (B, M, embed_dim): sincos_2d of the centre (first half) and size (second)."""
+        x0, y0, x1, y1 = boxes[..., 1:].clamp(0, 1).unbind(-1)  # (B, M) each
+        half = self.embed_dim // 2
+        centre = sincos_2d((x0 + x1) / 2, (y0 + y1) / 2, half, self.BOX_FREQS)
+        size = sincos_2d(x1 - x0, y1 - y0, self.embed_dim - half, self.BOX_FREQS)
+        return torch.cat([centre, size], dim=-1)
+
+    BOX_FREQS = 8  # as the UNet's attention positions (SpatialTransformer.POSITION_FREQS)
 
     def forward(self, boxes: Tensor) -> Tensor:
         ids, mask = self.tokens(boxes)
         extra = None
-        if self.coord_embedding == "sincos":
+        if self.token_mode == "object":
+            boxes = self.pad(boxes)
+            valid = (torch.round(boxes[..., 0]) >= 0)[..., None]  # (B, M, 1)
+            code = torch.where(valid, self.box_code(boxes), 0.0)  # (B, M, D)
+            extra = torch.cat([code.new_zeros(code.shape[0], 1, code.shape[-1]), code], dim=1)  # (B, 1 + M, D)
+        elif self.coord_embedding == "sincos":
             is_corner = ids < self.class_offset  # (B, T)
             extra = torch.where(is_corner[..., None], self.corner_code[ids.clamp(max=self.class_offset - 1)], 0.0)
-        return self.transformer(ids, mask, extra)  # (B, 1 + 3 * max_objects, embed_dim)
+        return self.transformer(ids, mask, extra)  # (B, seq_len, embed_dim)
 
     def null(self, n: int, device: torch.device | str | None = None) -> Tensor:
         """An empty layout: (n, max_objects, 5) rows of -1."""

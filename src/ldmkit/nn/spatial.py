@@ -69,3 +69,22 @@ def one_hot_map(seg: Tensor, num_classes: int) -> Tensor:
                          f"got [{int(seg.min())}, {int(seg.max())}]")
     onehot = F.one_hot(seg.long(), num_classes)  # (B, H, W, K)
     return onehot.permute(0, 3, 1, 2).float().contiguous()  # (B, K, H, W)
+
+
+def box_map(boxes: Tensor, num_classes: int, height: int, width: int) -> Tensor:
+    """Layout (B, M, 5) rows [class_id, x0, y0, x1, y1] (normalised; class_id < 0 = padding) -> (B, K, H, W) map:
+    channel c is 1 on the pixels whose centre lies in a box of class c, channel 0 (background) where none does.
+    The pixels of overlapping boxes are 1 in each of their classes."""
+    if boxes.ndim != 3 or boxes.shape[-1] != 5:
+        raise ValueError(f"box_map: expected boxes of shape (B, M, 5), got {tuple(boxes.shape)}")
+    cls = torch.round(boxes[..., 0]).long()  # (B, M)
+    if bool((cls >= num_classes).any()):
+        raise ValueError(f"box_map: class ids must be < num_classes {num_classes}, got {int(cls.max())}")
+    ys = (torch.arange(height, device=boxes.device, dtype=boxes.dtype) + 0.5) / height  # pixel centres
+    xs = (torch.arange(width, device=boxes.device, dtype=boxes.dtype) + 0.5) / width
+    x0, y0, x1, y1 = (boxes[..., i, None, None] for i in range(1, 5))  # (B, M, 1, 1)
+    inside = (xs >= x0) & (xs < x1) & (ys[:, None] >= y0) & (ys[:, None] < y1) & (cls >= 1)[..., None, None]
+    onehot = F.one_hot(cls.clamp(min=0), num_classes).to(boxes.dtype)  # (B, M, K)
+    out = torch.einsum("bmk,bmhw->bkhw", onehot, inside.to(boxes.dtype)).clamp(max=1.0)  # (B, K, H, W)
+    out[:, 0] = 1.0 - inside.any(dim=1).to(boxes.dtype)
+    return out

@@ -225,6 +225,10 @@ class FrozenTextConditioner(Conditioner):
     text as CPU float32 tensors (``cache``), so a caption is encoded once; captions are always padded to
     ``max_length`` with the padding masked, so a caption's encoding does not depend on its batch. Up to
     ``max_cache`` captions are kept (oldest dropped first).
+
+    ``store``: an optional table of precomputed outputs (the on-disk embedding cache of training/embeddings.py,
+    anything with ``lookup(captions) -> {caption: (max_length, hidden)}``), consulted before the encoder. It is
+    shared, not copied, by deep copies (EMA), and never saved.
     """
 
     input_key = "caption"
@@ -263,10 +267,15 @@ class FrozenTextConditioner(Conditioner):
         # Not saved; follows .to(device / dtype), so forward knows where the output should live.
         self.register_buffer("_probe", torch.empty(0), persistent=False)
         self.cache: dict[str, Tensor] = {}
+        self.store: Any = None
 
     @property
     def encoder(self) -> nn.Module:
         return self._frozen.model
+
+    @property
+    def tokenizer(self) -> Any:
+        return self._frozen.tokenizer
 
     @torch.no_grad()
     def encode(self, captions: Sequence[str]) -> Tensor:
@@ -296,8 +305,13 @@ class FrozenTextConditioner(Conditioner):
     def forward(self, captions: Sequence[str]) -> Tensor:
         captions = _as_captions(captions)
         missing = [c for c in dict.fromkeys(captions) if c not in self.cache]
-        fresh = dict(zip(missing, self.encode(missing))) if missing else {}
-        self._remember(missing, [fresh[c] for c in missing])
+        # stored rows are not copied into `cache`: the store already is one (and may be larger than memory)
+        fresh = self.store.lookup(missing) if self.store is not None and missing else {}
+        todo = [c for c in missing if c not in fresh]
+        if todo:
+            encoded = dict(zip(todo, self.encode(todo)))
+            self._remember(todo, [encoded[c] for c in todo])
+            fresh |= encoded
         # Read fresh ones from `fresh`: a small max_cache may already have evicted them.
         x = torch.stack([fresh[c] if c in fresh else self.cache[c] for c in captions])  # (B, T, hidden)
         x = x.to(self._probe.device, self._probe.dtype)

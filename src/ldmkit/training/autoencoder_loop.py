@@ -9,7 +9,7 @@ from torch import nn
 
 from ..autoencoder import Autoencoder, AutoencoderConfig, AutoencoderLoss, AutoencoderLossConfig
 from ..config import require, to_dict
-from ..data import DataConfig, build_dataset
+from ..data import DataConfig, build_dataset, first_items
 from ..imageio import save_grid
 from ..weights import save_release
 from .checkpoint import Checkpointer
@@ -18,7 +18,7 @@ from .distributed import Dist, no_sync
 from .logger import RunLogger
 from .run import TimeBudget, seed_rank, set_lr, start_run
 from .seeding import sample_generators
-from .stream import BatchStream, split_batch
+from .stream import make_stream, split_batch
 
 
 @dataclass
@@ -52,7 +52,7 @@ def estimate_scale_factor(model: Autoencoder, images: torch.Tensor, batch_size: 
 def _first_images(dataset, n: int) -> torch.Tensor:
     if hasattr(dataset, "images_tensor"):
         return dataset.images_tensor()[:n]
-    return torch.stack([dataset[i]["image"] for i in range(min(n, len(dataset)))])
+    return torch.stack([item["image"] for item in first_items(dataset, n)])
 
 
 def release_autoencoder(path: Path, model: Autoencoder, cfg: AutoencoderConfig, scale_factor: float,
@@ -108,7 +108,7 @@ def _train(cfg: AutoencoderRunConfig, resume: bool, out: Path, device: torch.dev
     opt_d = torch.optim.Adam(loss_fn.discriminator.parameters(), lr=tc.lr, betas=(0.5, 0.9))
     scaler = grad_scaler(device, tc.precision)
     micro, accum = tc.batch_size, tc.grad_accum
-    stream = BatchStream(train_set, micro * accum, tc.seed, tc.num_workers, dist.rank, dist.world_size)
+    stream = make_stream(train_set, micro * accum, tc.seed, tc.num_workers, dist.rank, dist.world_size)
     global_batch = micro * accum * dist.world_size
     peak_lr = base_lr(tc, dist.world_size)
 

@@ -84,8 +84,9 @@ def load_training_state(path: Path, stateful: dict[str, Any], generator: torch.G
 class Checkpointer:
     """The run's ``checkpoint.pt``: what the loops save every ``ckpt_every`` steps and resume from.
 
-    With a process group every rank calls ``save`` (the RNG states are gathered), rank 0 writes, and a
-    barrier keeps the others from running ahead of (or reading) a half-written checkpoint.
+    With a process group every rank calls ``save`` (the RNG states, and the states of objects marked
+    ``per_rank``, are gathered), rank 0 writes, and a barrier keeps the others from running ahead of (or
+    reading) a half-written checkpoint.
     """
 
     def __init__(self, path: Path, stateful: dict[str, Any], generator: torch.Generator | None,
@@ -107,7 +108,11 @@ class Checkpointer:
 
     def save(self, step: int) -> None:
         rngs = self.dist.gather(rng_state())  # a collective: every rank takes part
+        # objects whose state differs per rank (the shard stream's position): every rank's, in rank order;
+        # their load_state_dict picks its own from {"ranks": [...]}
+        ranked = {name: {"ranks": self.dist.gather(obj.state_dict())} for name, obj in self.stateful.items()
+                  if getattr(obj, "per_rank", False)}
         if self.dist.is_main:
-            extra = {"rng_ranks": rngs} if self.dist.world_size > 1 else None
+            extra = ({"rng_ranks": rngs} if self.dist.world_size > 1 else {}) | ranked
             save_training_state(self.path, self.stateful, self.generator, step, self.config, extra)
         self.dist.barrier()

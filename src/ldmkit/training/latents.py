@@ -20,8 +20,8 @@ import torch
 from safetensors import safe_open
 from torch.utils.data import DataLoader, Dataset, Subset
 
-from ..config import to_dict
 from ..data import DataConfig, collate
+from ..data.config import data_identity
 from ..diffusion import noise as noise_lib
 from ..weights import atomic_write, file_digest, load_release, save_release
 from .config import autocast
@@ -42,7 +42,7 @@ def weights_digest(path: Path) -> str:
 
 
 def cache_key(first_stage: Path, data: DataConfig, encode_precision: str) -> str:
-    blob = json.dumps([to_dict(data), encode_precision], sort_keys=True).encode()
+    blob = json.dumps([data_identity(data), encode_precision], sort_keys=True).encode()
     return hashlib.sha256(weights_digest(first_stage).encode() + blob).hexdigest()[:16]
 
 
@@ -98,29 +98,37 @@ class LatentCache:
         return mean, std
 
 
+class ShardRows:
+    """Rows of one tensor split over safetensors shards, read one at a time from the memory-mapped files."""
+
+    def __init__(self, path: Path, names: list[str], key: str):
+        self.files = [safe_open(str(Path(path) / name), framework="pt") for name in names]
+        counts = [f.get_slice(key).get_shape()[0] for f in self.files]
+        self.starts = [sum(counts[:k]) for k in range(len(counts))]
+        self.n = sum(counts)
+
+    def row(self, key: str, i: int) -> torch.Tensor:
+        k = bisect.bisect_right(self.starts, i) - 1
+        return self.files[k].get_slice(key)[i - self.starts[k]]
+
+
 class ShardedLatentCache:
     """The same lookups as :class:`LatentCache`, reading only the rows a batch needs from the shards."""
 
     def __init__(self, path: Path, index: dict):
-        self.files = [safe_open(str(Path(path) / name), framework="pt") for name in index["shards"]]
-        counts = [f.get_slice("mean").get_shape()[0] for f in self.files]
-        self.starts = [sum(counts[:k]) for k in range(len(counts))]
-        self.n = sum(counts)
+        self.rows = ShardRows(path, index["shards"], "mean")
+        self.n = self.rows.n
         if self.n != index["n"]:
             raise ValueError(f"{path}: the shards hold {self.n} items, the index says {index['n']}")
-        self.flips = "mean_flip" in self.files[0].keys()
+        self.flips = "mean_flip" in self.rows.files[0].keys()
 
     def __len__(self) -> int:
         return self.n
 
-    def _row(self, key: str, i: int) -> torch.Tensor:
-        k = bisect.bisect_right(self.starts, i) - 1
-        return self.files[k].get_slice(key)[i - self.starts[k]]  # (c, h, w)
-
     def moments(self, index: torch.Tensor, flip: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
         flips = flip.tolist() if flip is not None and self.flips else [False] * len(index)
         keys = [("mean_flip", "std_flip") if f else ("mean", "std") for f in flips]
-        rows = [(self._row(m, i), self._row(s, i)) for i, (m, s) in zip(index.tolist(), keys)]
+        rows = [(self.rows.row(m, i), self.rows.row(s, i)) for i, (m, s) in zip(index.tolist(), keys)]  # (c, h, w)
         return torch.stack([r[0] for r in rows]), torch.stack([r[1] for r in rows])
 
 

@@ -11,11 +11,12 @@ from torch import nn
 from ..convert.loader import load_autoencoder_any, load_pipeline_any
 from ..device import resolve_device
 from ..config import ConfigError, require, to_dict
-from ..data import DataConfig, build_dataset, collate
+from ..data import DataConfig, build_dataset, collate, first_items
+from ..data.config import STREAMED
 from ..diffusion import ScheduleConfig, diffusion_loss
 from ..evaluation.periodic import PeriodicEval
 from ..imageio import save_grid
-from ..nn import ConditionerConfig, UNetConfig
+from ..nn import ConditionerConfig, UNetConfig, build_conditioner
 from ..nn.concat import ConcatConfig
 from ..pipeline import Pipeline, PipelineConfig
 from ..pipeline_inputs import batch_conditioning, gather_inputs
@@ -23,11 +24,12 @@ from .checkpoint import Checkpointer
 from .config import TrainConfig, autocast, base_lr, grad_scaler, lr_factor
 from .distributed import Dist, no_sync
 from .ema import EMA
+from .embeddings import EmbeddingStore, build_embedding_cache, dataset_captions, embedding_cache_dir, embedding_key
 from .latents import LatentCache, LatentSource, ShardedLatentCache, cache_dir, canonical, encode_dataset, uses_flips
 from .logger import RunLogger
 from .run import TimeBudget, seed_rank, set_lr, start_run
 from .seeding import sample_generators
-from .stream import BatchStream, split_batch
+from .stream import make_stream, split_batch
 
 
 DENOISER_PARTS = ("unet", "conditioner", "spatial")  # what trains (and gets an EMA); the first stage is frozen
@@ -138,8 +140,9 @@ class DenoiserLoss(nn.Module):
 
 
 def open_latent_cache(cfg: LDMRunConfig) -> tuple[Path | None, LatentCache | ShardedLatentCache | None]:
-    """(where this run's latent cache lives, the cache if it is complete); (None, None) when caching is off."""
-    if not cfg.train.cache_latents:
+    """(where this run's latent cache lives, the cache if it is complete); (None, None) when caching is off
+    or the data is streamed from tar shards (no index to look latents up by: they are encoded per batch)."""
+    if not cfg.train.cache_latents or cfg.data.name in STREAMED:
         return None, None
     path = cache_dir(_first_stage_path(cfg), cfg.data, cfg.train.encode_precision)
     return path, LatentCache.load(path)
@@ -152,15 +155,26 @@ def _first_stage_of(cfg: LDMRunConfig):
     return load_pipeline_any(cfg.init_from).autoencoder
 
 
-def cache_latents(cfg: LDMRunConfig, batch_size: int = 64, shard_size: int = 4096, log=print) -> Path:
-    """``ldmkit cache-latents``: encode the training set (and its mirror images when it flips) once."""
+def cache_latents(cfg: LDMRunConfig, batch_size: int = 64, shard_size: int = 4096, log=print,
+                  embeddings: bool = False) -> Path | None:
+    """``ldmkit cache-latents``: encode the training set (and its mirror images when it flips) once; with
+    ``embeddings`` also the frozen text encoder's output for every caption. Returns the latent cache's folder
+    (None for tar shards, which are streamed: only their embeddings are cached)."""
+    if cfg.train.num_threads:
+        torch.set_num_threads(cfg.train.num_threads)
+    if embeddings:
+        cache_embeddings(cfg, log=log)
+    if cfg.data.name in STREAMED:
+        if not embeddings:
+            raise ConfigError(f"data.name: {cfg.data.name} is streamed from tar shards, which have no index to keep "
+                              "latents by (train-ldm encodes them per batch); --embeddings caches text embeddings")
+        log(f"latent cache: none for streamed {cfg.data.name} data (latents are encoded during training)")
+        return None
     path = cache_dir(_first_stage_path(cfg), cfg.data, cfg.train.encode_precision)
     if LatentCache.load(path) is not None:
         log(f"latent cache up to date: {path}")
         return path
     device = resolve_device(cfg.train.device)
-    if cfg.train.num_threads:
-        torch.set_num_threads(cfg.train.num_threads)
     ae = _first_stage_of(cfg).to(device).eval()
     dataset = build_dataset(canonical(cfg.data), "train")
     encode_dataset(ae, dataset, path, flips=uses_flips(cfg.data), precision=cfg.train.encode_precision,
@@ -168,6 +182,37 @@ def cache_latents(cfg: LDMRunConfig, batch_size: int = 64, shard_size: int = 409
                    metadata={"first_stage": str(cfg.first_stage or cfg.init_from), "data": to_dict(cfg.data)}, log=log)
     log(f"latent cache: {path}")
     return path
+
+
+def _require_text_frozen(cfg: LDMRunConfig) -> None:
+    if cfg.conditioner.kind != "text_frozen":
+        raise ConfigError(f"conditioner.kind: --embeddings caches text_frozen encoders' outputs, this preset's is "
+                          f"{cfg.conditioner.kind} (the other conditioners train with the UNet)")
+
+
+def cache_embeddings(cfg: LDMRunConfig, batch_size: int = 256, shard_size: int = 4096, log=print) -> Path:
+    """``ldmkit cache-latents --embeddings``: the frozen text encoder's output for every caption, once."""
+    _require_text_frozen(cfg)
+    conditioner = build_conditioner(cfg.conditioner)
+    key = embedding_key(conditioner, cfg.data)
+    path = embedding_cache_dir(_first_stage_path(cfg), cfg.data, key)
+    if EmbeddingStore.open(path, key) is not None:
+        log(f"embedding cache up to date: {path}")
+        return path
+    conditioner.to(resolve_device(cfg.train.device))
+    dataset = build_dataset(canonical(cfg.data), "train")
+    build_embedding_cache(conditioner, dataset_captions(dataset), path, key, batch_size, shard_size,
+                          metadata={"data": to_dict(cfg.data)}, log=log)
+    log(f"embedding cache: {path}")
+    return path
+
+
+def open_embedding_cache(cfg: LDMRunConfig, conditioner) -> EmbeddingStore | None:
+    """The embedding cache of this run's encoder, max_length and data when it was built; else None."""
+    if cfg.conditioner.kind != "text_frozen":
+        return None
+    key = embedding_key(conditioner, cfg.data)
+    return EmbeddingStore.open(embedding_cache_dir(_first_stage_path(cfg), cfg.data, key), key)
 
 
 def train_ldm(cfg: LDMRunConfig, resume: bool = True) -> Path:
@@ -194,7 +239,9 @@ def _train(cfg: LDMRunConfig, released: Pipeline | None, resume: bool, out: Path
     # with a cache the data set is read unflipped: the cache holds the mirror images' latents
     dataset = build_dataset(canonical(cfg.data) if cache is not None else cfg.data, "train")
     pipe = build_pipeline(cfg, list(getattr(dataset, "class_names", [])), released)
-    if cfg.conditioner.kind == "class" and cfg.conditioner.num_classes != dataset.num_classes:
+    # (tar shards without classes.json do not know their class count up front: a label out of range fails)
+    known = getattr(dataset, "num_classes", None) is not None
+    if cfg.conditioner.kind == "class" and known and cfg.conditioner.num_classes != dataset.num_classes:
         raise ConfigError(f"conditioner.num_classes: {cfg.conditioner.num_classes} but the data set has "
                           f"{dataset.num_classes} classes")
     pipe.to(device)
@@ -210,6 +257,9 @@ def _train(cfg: LDMRunConfig, released: Pipeline | None, resume: bool, out: Path
                          "delete it and run `ldmkit cache-latents` again")
     if tc.channels_last:
         pipe.unet.to(memory_format=torch.channels_last)
+    store = open_embedding_cache(cfg, pipe.conditioner)
+    if store is not None:  # before the EMA copy, which then shares it
+        pipe.conditioner.store = store
     denoiser = nn.ModuleDict({k: getattr(pipe, k) for k in DENOISER_PARTS if getattr(pipe, k) is not None})
     seed_rank(tc.seed, dist)
     model = dist.wrap(DenoiserLoss(pipe, denoiser, tc, device), device)
@@ -218,7 +268,7 @@ def _train(cfg: LDMRunConfig, released: Pipeline | None, resume: bool, out: Path
     ema = EMA(denoiser, tc.ema_decay)
     # each rank reads batch_size x grad_accum items per step, cut into grad_accum micro-batches
     micro, accum = tc.batch_size, tc.grad_accum
-    stream = BatchStream(dataset, micro * accum, tc.seed, tc.num_workers, dist.rank, dist.world_size)
+    stream = make_stream(dataset, micro * accum, tc.seed, tc.num_workers, dist.rank, dist.world_size)
     global_batch = micro * accum * dist.world_size
     peak_lr = base_lr(tc, dist.world_size)
     source = LatentSource(pipe.autoencoder, pipe.cfg.scale_factor, device, cache)
@@ -234,6 +284,8 @@ def _train(cfg: LDMRunConfig, released: Pipeline | None, resume: bool, out: Path
     step = ckpt.restore() if resume else 0
 
     log = RunLogger(out, tc.steps, step, enabled=dist.is_main, tensorboard=tc.tensorboard)
+    if store is not None:
+        log.write(f"text embeddings of {len(store)} captions from {store.path} (the encoder runs for others only)")
     if dist.world_size > 1 or accum > 1 or tc.scale_lr:
         log.write(f"global batch {global_batch} = {micro} x {dist.world_size} process(es) x {accum} accumulation; "
                   f"lr {peak_lr:.3g}")
@@ -320,4 +372,4 @@ def _preview_batch(dataset, cfg: LDMRunConfig) -> dict | None:
     """The first 8 training items, whose conditioning the sample grids show (None: unconditional)."""
     if cfg.conditioner.kind in ("none", "class") and cfg.concat.kind == "none":
         return None
-    return collate([dataset[i] for i in range(min(8, len(dataset)))])
+    return collate(first_items(dataset, 8))

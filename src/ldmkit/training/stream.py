@@ -72,3 +72,16 @@ def split_batch(batch: dict[str, Any], n: int) -> list[dict[str, Any]]:
         raise ValueError(f"a batch of {size} does not split into {n} micro-batches")
     m = size // n
     return [{k: v[i * m:(i + 1) * m] for k, v in batch.items()} for i in range(n)]
+
+
+def make_stream(dataset: Dataset, batch_size: int, seed: int, num_workers: int = 0, rank: int = 0,
+                world_size: int = 1):
+    """The training stream of ``dataset``: a ShardStream for tar shards (streamed), else a BatchStream.
+
+    Both have the same surface: iteration (batches with ``index``), ``state_dict`` / ``load_state_dict``.
+    """
+    if getattr(dataset, "streamed", False):
+        from .shard_stream import ShardStream
+
+        return ShardStream(dataset, batch_size, seed, num_workers, rank, world_size)  # type: ignore[arg-type]
+    return BatchStream(dataset, batch_size, seed, num_workers, rank, world_size)
