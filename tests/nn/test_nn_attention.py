@@ -3,6 +3,7 @@ import math
 import torch
 
 from ldmkit.nn import AttentionBlock, CrossAttention, SpatialTransformer
+from ldmkit.nn.attention import MatmulAttention, attention
 
 
 def naive_attention(q, k, v):
@@ -50,6 +51,31 @@ def test_spatial_transformer_shapes_and_norm_eps():
     assert st.transformer_blocks[0].ff.net[0].proj.weight.shape == (64, 8)
     out = st(torch.randn(2, 16, 3, 5), torch.randn(2, 4, 6))
     assert out.shape == (2, 16, 3, 5)
+
+
+def test_matmul_attention_gradients_are_exact():
+    # bf16 training on a CPU takes MatmulAttention (probabilities recomputed in backward); float64 checks the maths
+    torch.manual_seed(0)
+    q, k, v = (torch.randn(2, 3, n, 4, dtype=torch.float64, requires_grad=True) for n in (5, 7, 7))
+    g = torch.randn(2, 3, 5, 4, dtype=torch.float64)
+    out = MatmulAttention.apply(q, k, v, 0.5)
+    ref = torch.softmax(q @ k.transpose(-1, -2) * 0.5, -1) @ v
+    torch.testing.assert_close(out, ref, rtol=0, atol=1e-12)
+    for a, b in zip(torch.autograd.grad(out, (q, k, v), g), torch.autograd.grad(ref, (q, k, v), g)):
+        torch.testing.assert_close(a, b, rtol=0, atol=1e-12)
+
+
+def test_attention_bf16_training_path_matches_sdpa_and_keeps_no_probabilities():
+    torch.manual_seed(0)
+    q, k, v = (torch.randn(2, 4, n, 8).bfloat16().requires_grad_() for n in (16, 9, 9))
+    out = attention(q, k, v)
+    assert out.grad_fn is not None and "MatmulAttention" in type(out.grad_fn).__name__
+    ref = torch.nn.functional.scaled_dot_product_attention(q.float(), k.float(), v.float())
+    torch.testing.assert_close(out.float(), ref, rtol=0, atol=0.03)  # bf16 rounding of the probabilities
+    saved = {t.untyped_storage().data_ptr() for t in out.grad_fn.saved_tensors}
+    assert saved == {t.untyped_storage().data_ptr() for t in (q, k, v)}  # no (N, M) tensor kept
+    with torch.no_grad():  # inference keeps SDPA
+        torch.testing.assert_close(attention(q, k, v), torch.nn.functional.scaled_dot_product_attention(q, k, v))
 
 
 def test_spatial_transformer_position_code_adds_closed_form_code_and_no_parameters():

@@ -9,6 +9,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ..nn.fused import group_norm_silu
+
 
 def num_groups(channels: int) -> int:
     """Largest divisor of ``channels`` that is <= 32.
@@ -25,10 +27,6 @@ def normalize(channels: int) -> nn.GroupNorm:
     return nn.GroupNorm(num_groups(channels), channels, eps=1e-6, affine=True)
 
 
-def swish(x: torch.Tensor) -> torch.Tensor:
-    return F.silu(x)
-
-
 class ResnetBlock(nn.Module):
     """Pre-norm residual block: (GN, swish, conv3x3) x 2 with dropout before the second conv."""
 
@@ -43,8 +41,8 @@ class ResnetBlock(nn.Module):
         self.nin_shortcut = nn.Conv2d(in_channels, out_channels, 1) if in_channels != out_channels else None
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        h = self.conv1(swish(self.norm1(x)))  # (B, out, H, W)
-        h = self.conv2(self.dropout(swish(self.norm2(h))))  # (B, out, H, W)
+        h = self.conv1(group_norm_silu(self.norm1, x))  # (B, out, H, W)
+        h = self.conv2(self.dropout(group_norm_silu(self.norm2, h)))  # (B, out, H, W)
         skip = x if self.nin_shortcut is None else self.nin_shortcut(x)  # (B, out, H, W)
         return skip + h
 

@@ -12,7 +12,8 @@ from typing import Any
 import torch
 from torch import nn
 
-from .blocks import AttnBlock, Downsample, ResnetBlock, Upsample, normalize, swish
+from ..nn.fused import group_norm_silu
+from .blocks import AttnBlock, Downsample, ResnetBlock, Upsample, normalize
 from .config import AutoencoderConfig
 from .identity import IdentityFirstStage
 from .regularizers import DiagonalGaussian, KLRegularizer, VQRegularizer
@@ -67,7 +68,7 @@ class Encoder(nn.Module):
             if hasattr(level, "downsample"):
                 h = level.downsample(h)  # (B, ch*mult_i, r/2, r/2)
         h = self.mid.block_2(self.mid.attn_1(self.mid.block_1(h)))  # (B, ch*mult_last, R/f, R/f)
-        return self.conv_out(swish(self.norm_out(h)))  # (B, (2)z, R/f, R/f)
+        return self.conv_out(group_norm_silu(self.norm_out, h))  # (B, (2)z, R/f, R/f)
 
 
 class Decoder(nn.Module):
@@ -106,7 +107,7 @@ class Decoder(nn.Module):
                     h = level.attn[j](h)
             if hasattr(level, "upsample"):
                 h = level.upsample(h)  # (B, ch*mult_i, 2r, 2r)
-        return self.conv_out(swish(self.norm_out(h)))  # (B, in_channels, R, R)
+        return self.conv_out(group_norm_silu(self.norm_out, h))  # (B, in_channels, R, R)
 
 
 class Autoencoder(nn.Module):

@@ -16,6 +16,7 @@ from ldmkit.config import require
 from ldmkit.nn.attention import AttentionBlock, SpatialTransformer
 from ldmkit.nn.blocks import Downsample, ResBlock, Upsample, normalization
 from ldmkit.nn.embeddings import timestep_embedding
+from ldmkit.nn.fused import group_norm_silu
 
 
 @dataclass
@@ -222,4 +223,4 @@ class UNetModel(nn.Module):
             h = torch.cat([h, skips.pop()], dim=1)  # (B, ch + skip_ch, h, w)
             # An upsampling block must land on the size of the skip it is concatenated with next.
             h = self._run(block, h, emb, context, skips[-1].shape[-2:] if skips else None)  # (B, ch, h', w')
-        return self.out(h)  # (B, out_channels, H, W)
+        return self.out[2](group_norm_silu(self.out[0], h))  # (B, out_channels, H, W)

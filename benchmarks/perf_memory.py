@@ -1,0 +1,72 @@
+"""Peak memory of one UNet training step, measured in a fresh process per (side, precision, checkpointing), so no
+allocator cache or earlier peak of another measurement is counted.
+
+CPU: the kernel's resident-set high-water mark (VmHWM) is reset to the current RSS right before the step (Linux
+/proc/self/clear_refs), and the step's figure is the high-water mark after it minus that RSS; without clear_refs the
+getrusage ru_maxrss delta is used (the JSON says which). Accelerators: torch.accelerator's peak allocated memory.
+The step is the second one: model, AdamW state, gradients (zeroed, not freed) and inputs exist before it, so the
+figure is what the implementation adds: activations kept for backward, temporaries, and under autocast the bf16
+copies of the weights (the same for both sides). Gradients are excluded on purpose: they are the same 4 bytes per
+parameter on both sides, and a freed gradient's memory stays in the C heap, so with set_to_none its reallocation
+would count or not by chance. ``peak_mib`` is the process's absolute peak (diffusers' import included).
+"""
+from __future__ import annotations
+
+import gc
+import time
+from dataclasses import replace
+
+import torch
+import torch.nn.functional as F
+
+from perf_cases import unet_inputs
+from perf_measure import peak_rss_mib, reset_peak_rss, rss_mib, sync
+from perf_models import Sizes, unet_fn
+from ldmkit.convert.diffusers_config import unet_config_to_diffusers
+from ldmkit.nn import UNetModel
+
+# (side, activation checkpointing): ldmkit's use_checkpoint (per UNet block), diffusers' gradient checkpointing
+MEMORY_RUNS = (("ldmkit", False), ("diffusers", False), ("ldmkit", True), ("diffusers", True))
+
+
+def _model(side: str, s: Sizes, ckpt: bool) -> torch.nn.Module:
+    if side == "ldmkit":
+        return UNetModel(replace(s.unet, use_checkpoint=ckpt))
+    from diffusers import UNet2DConditionModel
+
+    model = UNet2DConditionModel.from_config(unet_config_to_diffusers(s.unet, s.latent))
+    if ckpt:
+        model.enable_gradient_checkpointing()
+    return model
+
+
+def memory_child(spec: str, s: Sizes, device: torch.device) -> dict:
+    """``spec`` = SIDE:PRECISION:CKPT (CKPT 0 or 1). Weights are the default initialisation: memory does not
+    depend on their values."""
+    side, precision, ckpt = spec.split(":")
+    model = _model(side, s, ckpt == "1").to(device).train()
+    fn, opt = unet_fn(model), torch.optim.AdamW(model.parameters(), lr=1e-4)
+    x, t, ctx = unet_inputs(s, s.train_batch, device)
+
+    def step() -> None:
+        opt.zero_grad(set_to_none=False)
+        with torch.autocast(device.type, torch.bfloat16, enabled=precision == "bf16"):
+            out = fn(x, t, ctx)
+        F.mse_loss(out.float(), x).backward()
+        opt.step()
+        sync(device)
+
+    step()  # creates the gradients and the AdamW state
+    gc.collect()
+    if device.type == "cpu":
+        method = reset_peak_rss()
+        base = rss_mib() if method == "VmHWM" else peak_rss_mib(method)
+    else:
+        method, base = "max_memory_allocated", torch.accelerator.memory_allocated() / 2**20
+        torch.accelerator.reset_peak_memory_stats()
+    t0 = time.perf_counter()
+    step()
+    seconds = time.perf_counter() - t0
+    peak = peak_rss_mib(method) if device.type == "cpu" else torch.accelerator.max_memory_allocated() / 2**20
+    return {"side": side, "precision": precision, "checkpointing": ckpt == "1", "method": method,
+            "before_mib": base, "peak_mib": peak, "step_mib": peak - base, "seconds": seconds}
