@@ -22,6 +22,7 @@ from perf_models import Sizes, unet_fn, vae_decode_fn, vae_encode_fn
 from ldmkit.convert.diffusers_config import schedule_config_to_diffusers
 from ldmkit.diffusion import Schedule, ScheduleConfig, cfg_denoise, sample_ddim
 from ldmkit.evaluation.reconstruction import psnr
+from ldmkit.nn.inference import prepare_inference
 
 SIDES = ("ldmkit", "diffusers")
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16}
@@ -54,7 +55,10 @@ def unet_inputs(s: Sizes, batch: int, device: torch.device, seed: int = 0) -> tu
 
 
 def _cast(models: dict[str, nn.Module], precision: str) -> dict[str, nn.Module]:
-    return {k: copy.deepcopy(m).to(DTYPES[precision]).eval() for k, m in models.items()}
+    """Inference copies in ``precision``: ldmkit through its own ``prepare_inference`` (what
+    ``Pipeline.set_precision`` / ``ldmkit sample --precision`` do), diffusers cast as its pipelines do."""
+    return {k: prepare_inference(copy.deepcopy(m), DTYPES[precision]) if k == "ldmkit"
+            else copy.deepcopy(m).to(DTYPES[precision]).eval() for k, m in models.items()}
 
 
 # ------------------------------------------------------------------------------------------------ UNet

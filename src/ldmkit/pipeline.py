@@ -25,6 +25,7 @@ from .diffusion.noise import randn
 from .imageio import to_pil
 from .nn import ConditionerConfig, UNetConfig, UNetModel, build_conditioner
 from .nn.concat import ConcatConfig
+from .nn.inference import inference_dtype, prepare_inference
 from .nn.noisy_classifier import load_noisy_classifier
 from .nn.spatial import SpatialRescaler, box_map, one_hot_map
 from .pipeline_inputs import CallInputs, gather_inputs
@@ -104,20 +105,39 @@ class Pipeline(nn.Module):
     def device(self) -> torch.device:
         return next(self.unet.parameters()).device
 
+    @property
+    def dtype(self) -> torch.dtype:
+        """The UNet's compute dtype (float32 unless :meth:`set_precision` changed it)."""
+        return next(self.unet.parameters()).dtype
+
+    def set_precision(self, precision: str = "fp32") -> "Pipeline":
+        """Run the UNet and the first stage in ``precision`` ("fp32", "bf16", "fp16"); conditioners, samplers and
+        outputs stay float32 (inputs are cast at the UNet / autoencoder boundary). Half precision on a CPU also
+        puts the convolutions in channels-last layout (``nn.inference``). Casting down rounds the weights: load
+        the pipeline again for exact float32. Returns self."""
+        dtype = inference_dtype(precision)
+        for name in ("unet", "autoencoder"):
+            setattr(self, name, prepare_inference(getattr(self, name), dtype))
+        return self
+
     # ---------------------------------------------------------------- latents
     @torch.no_grad()
     def encode_latents(self, x: torch.Tensor, generator: torch.Generator | None = None,
                        sample: bool = True) -> torch.Tensor:
         """Images in [-1, 1] (B, C, H, W) -> scaled latents (B, c, h, w); VQ gives pre-quant latents."""
-        return self.autoencoder.encode_latents(x, sample=sample, generator=generator) * self.cfg.scale_factor
+        dtype = next(self.autoencoder.parameters(), x).dtype
+        z = self.autoencoder.encode_latents(x.to(dtype), sample=sample, generator=generator)
+        return z.float() * self.cfg.scale_factor
 
     @torch.no_grad()
     def decode_latents(self, z: torch.Tensor, tile: int | None = None) -> torch.Tensor:
         """Scaled latents -> images in [-1, 1]; VQ first stages quantise here. ``tile`` (latent pixels)
         decodes in overlapping tiles to bound memory for large images."""
+        dtype = next(self.autoencoder.parameters(), z).dtype
+        z = (z / self.cfg.scale_factor).to(dtype)
         if tile:
-            return tiled_decode(self.autoencoder.decode, z / self.cfg.scale_factor, tile)
-        return self.autoencoder.decode(z / self.cfg.scale_factor)
+            return tiled_decode(self.autoencoder.decode, z, tile).float()
+        return self.autoencoder.decode(z).float()
 
     # ---------------------------------------------------------------- conditioning
     @property
@@ -174,7 +194,11 @@ class Pipeline(nn.Module):
         cond = cond or {}
         if "concat" in cond:
             x = torch.cat([x, cond["concat"].to(x.dtype)], dim=1)  # (B, c + concat, h, w)
-        return self.unet(x, t, context=cond.get("context"), y=cond.get("y"))
+        dtype, context = self.dtype, cond.get("context")
+        if dtype != x.dtype:  # half-precision UNet (set_precision): cast in, float32 out for the sampler
+            context = None if context is None else context.to(dtype)
+            return self.unet(x.to(dtype), t, context=context, y=cond.get("y")).float()
+        return self.unet(x, t, context=context, y=cond.get("y"))
 
     # ---------------------------------------------------------------- sampling
     def check_classifier(self, classifier: nn.Module) -> None:

@@ -113,6 +113,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--size", type=int, default=None, help="output side in pixels (default: the training size)")
     p.add_argument("--decode-tile", type=int, default=None,
                    help="decode in overlapping tiles of this many latent pixels (large outputs, bounded memory)")
+    p.add_argument("--precision", default="fp32", choices=("fp32", "bf16", "fp16"),
+                   help="UNet and first-stage precision (bf16: ~2x faster on AMX CPUs and on GPUs)")
     p.add_argument("--steps", type=int, default=50)
     p.add_argument("--sampler", default="ddim",
                    help="ddim, plms, dpmpp_2m, dpmpp_2m_karras, euler, euler_a, heun, ddpm, or a diffusers "

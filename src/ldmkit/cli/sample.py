@@ -123,7 +123,7 @@ def sample_command(args: argparse.Namespace) -> None:
     if args.classifier:  # a bad file fails before the checkpoint loads
         guide = {"classifier": load_noisy_classifier(args.classifier), "classifier_scale": args.classifier_scale}
     pipe = load_pipeline_any(  # ldmkit, original .ckpt or diffusers folder
-        args.checkpoint, device=resolve_device(args.device))
+        args.checkpoint, device=resolve_device(args.device)).set_precision(args.precision)
     if guide:
         pipe.check_classifier(guide["classifier"])
     items = condition_inputs(args, pipe)
