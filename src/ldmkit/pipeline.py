@@ -110,6 +110,11 @@ class Pipeline(nn.Module):
         """The UNet's compute dtype (float32 unless :meth:`set_precision` changed it)."""
         return next(self.unet.parameters()).dtype
 
+    @property
+    def first_stage_dtype(self) -> torch.dtype:
+        """The first stage's compute dtype (float32 for the parameter-free pixel-space identity)."""
+        return next(self.autoencoder.parameters(), torch.empty(0)).dtype
+
     def set_precision(self, precision: str = "fp32") -> "Pipeline":
         """Run the UNet and the first stage in ``precision`` ("fp32", "bf16", "fp16"); conditioners, samplers and
         outputs stay float32 (inputs are cast at the UNet / autoencoder boundary). Half precision on a CPU also
@@ -125,16 +130,14 @@ class Pipeline(nn.Module):
     def encode_latents(self, x: torch.Tensor, generator: torch.Generator | None = None,
                        sample: bool = True) -> torch.Tensor:
         """Images in [-1, 1] (B, C, H, W) -> scaled latents (B, c, h, w); VQ gives pre-quant latents."""
-        dtype = next(self.autoencoder.parameters(), x).dtype
-        z = self.autoencoder.encode_latents(x.to(dtype), sample=sample, generator=generator)
+        z = self.autoencoder.encode_latents(x.to(self.first_stage_dtype), sample=sample, generator=generator)
         return z.float() * self.cfg.scale_factor
 
     @torch.no_grad()
     def decode_latents(self, z: torch.Tensor, tile: int | None = None) -> torch.Tensor:
         """Scaled latents -> images in [-1, 1]; VQ first stages quantise here. ``tile`` (latent pixels)
         decodes in overlapping tiles to bound memory for large images."""
-        dtype = next(self.autoencoder.parameters(), z).dtype
-        z = (z / self.cfg.scale_factor).to(dtype)
+        z = (z / self.cfg.scale_factor).to(self.first_stage_dtype)
         if tile:
             return tiled_decode(self.autoencoder.decode, z, tile).float()
         return self.autoencoder.decode(z).float()

@@ -13,8 +13,8 @@ Why a mix and not plain nearest colour: an antialiased edge pixel of a red objec
 closer to orange than to red, so nearest-colour labelling would invent orange fringes. Projecting
 onto the grey-to-colour segment gives each colour a coverage ``alpha`` and a residual instead; a
 pixel belongs to the colour of smallest residual (among those it covers >= ``box_coverage``) once
-``alpha >= 0.5``, the same "covered by at
-least half" rule ``render`` uses for the segmentation map, so on clean data the two agree.
+``alpha >= 0.5``, the same "covered by at least half" rule ``render`` uses for the segmentation map,
+so on clean data the two agree.
 """
 from __future__ import annotations
 

@@ -345,13 +345,13 @@ def _train(cfg: LDMRunConfig, released: Pipeline | None, resume: bool, out: Path
         if step % tc.log_every == 0 or step == tc.steps:
             mean_loss = dist.mean({"loss": float(torch.stack(losses).mean())}, device)  # every rank takes part
             log.log(step, mean_loss | {"lr": lr}, global_batch)
-        measured = time.perf_counter()  # grids and evaluation are measurements: not training time
+        measure_start = time.perf_counter()  # grids and evaluation are measurements: not training time
         if step % tc.sample_every == 0 and dist.is_main:
             _save_samples(pipe, ema.model, tc, out / "samples" / f"samples_{step:07d}.png", preview)
         scores = None
         if evaluator is not None and step % tc.eval_every == 0:
             scores = evaluator(_ema_pipeline(pipe, ema.model).eval())
-        measured = time.perf_counter() - measured
+        measured = time.perf_counter() - measure_start
         budget.exclude(measured)
         log.exclude(measured)
         if scores is not None:
