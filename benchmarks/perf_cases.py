@@ -23,6 +23,7 @@ from ldmkit.convert.diffusers_config import schedule_config_to_diffusers
 from ldmkit.diffusion import Schedule, ScheduleConfig, cfg_denoise, sample_ddim
 from ldmkit.evaluation.reconstruction import psnr
 from ldmkit.nn.inference import prepare_inference
+from ldmkit.training.optim import adam
 
 SIDES = ("ldmkit", "diffusers")
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16}
@@ -62,15 +63,25 @@ def _cast(models: dict[str, nn.Module], precision: str) -> dict[str, nn.Module]:
 
 
 # ------------------------------------------------------------------------------------------------ UNet
-def train_case(models: dict[str, nn.Module], s: Sizes, precision: str, device: torch.device) -> Case:
+def optimizer(side: str, model: nn.Module, same: bool) -> torch.optim.Optimizer:
+    """Each library's AdamW as its trainer builds it: ldmkit's ``training.optim.adam`` (fused kernel where PyTorch
+    has one), diffusers' training examples' plain ``torch.optim.AdamW`` (a per-parameter loop on a CPU).
+    ``same``: ldmkit's on both sides, so the difference is the forward and backward alone."""
+    if side == "ldmkit" or same:
+        return adam(model.parameters(), lr=1e-4, weight_decay=1e-2)
+    return torch.optim.AdamW(model.parameters(), lr=1e-4, weight_decay=1e-2)
+
+
+def train_case(models: dict[str, nn.Module], s: Sizes, precision: str, device: torch.device,
+               same_optimizer: bool = False) -> Case:
     """Forward + MSE to the noise + backward + AdamW at batch ``s.train_batch``; copies, so the inference cases
     keep the shared weights."""
     x, t, ctx = unet_inputs(s, s.train_batch, device)
     noise = torch.randn(x.shape, generator=torch.Generator().manual_seed(1)).to(device)
-    case = Case("train step", precision, {}, {})
+    case = Case("same-optimizer train step" if same_optimizer else "train step", precision, {}, {})
     for side, model in models.items():
         model = copy.deepcopy(model).train()
-        fn, opt = unet_fn(model), torch.optim.AdamW(model.parameters(), lr=1e-4)
+        fn, opt = unet_fn(model), optimizer(side, model, same_optimizer)
 
         def fwd_bwd(model=model, fn=fn) -> Tensor:
             with torch.autocast(device.type, torch.bfloat16, enabled=precision == "bf16"):

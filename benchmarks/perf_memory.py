@@ -12,6 +12,7 @@ would count or not by chance. ``peak_mib`` is the process's absolute peak (diffu
 """
 from __future__ import annotations
 
+import ctypes
 import gc
 import time
 from dataclasses import replace
@@ -19,7 +20,7 @@ from dataclasses import replace
 import torch
 import torch.nn.functional as F
 
-from perf_cases import unet_inputs
+from perf_cases import optimizer, unet_inputs
 from perf_measure import peak_rss_mib, reset_peak_rss, rss_mib, sync
 from perf_models import Sizes, unet_fn
 from ldmkit.convert.diffusers_config import unet_config_to_diffusers
@@ -40,12 +41,23 @@ def _model(side: str, s: Sizes, ckpt: bool) -> torch.nn.Module:
     return model
 
 
+def release_free_heap() -> None:
+    """Hand freed C-heap memory back to the OS (glibc ``malloc_trim``), so the resident set before the step is
+    the live memory: otherwise memory the first step freed but glibc kept would be reused by the second step
+    uncounted, and the figure would depend on what the first step happened to free (it moved by 40 MiB when
+    only the optimizer's temporaries changed)."""
+    try:
+        ctypes.CDLL("libc.so.6").malloc_trim(0)
+    except (OSError, AttributeError):  # not glibc: the figure keeps that caveat
+        pass
+
+
 def memory_child(spec: str, s: Sizes, device: torch.device) -> dict:
     """``spec`` = SIDE:PRECISION:CKPT (CKPT 0 or 1). Weights are the default initialisation: memory does not
     depend on their values."""
     side, precision, ckpt = spec.split(":")
     model = _model(side, s, ckpt == "1").to(device).train()
-    fn, opt = unet_fn(model), torch.optim.AdamW(model.parameters(), lr=1e-4)
+    fn, opt = unet_fn(model), optimizer(side, model, same=False)
     x, t, ctx = unet_inputs(s, s.train_batch, device)
 
     def step() -> None:
@@ -58,6 +70,7 @@ def memory_child(spec: str, s: Sizes, device: torch.device) -> dict:
 
     step()  # creates the gradients and the AdamW state
     gc.collect()
+    release_free_heap()
     if device.type == "cpu":
         method = reset_peak_rss()
         base = rss_mib() if method == "VmHWM" else peak_rss_mib(method)

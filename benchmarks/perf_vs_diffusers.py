@@ -132,7 +132,9 @@ def main(argv: list[str] | None = None) -> None:
         models = {"ldmkit": ours.to(args.device), "diffusers": theirs.to(args.device)}
         for precision in args.precision:
             if "train" in args.cases:
-                rows.append(run_case(train_case(models, s, precision, args.device), args.warmup, reps, peaks, reference))
+                for same in (False, True):
+                    rows.append(run_case(train_case(models, s, precision, args.device, same), args.warmup, reps,
+                                         peaks, reference))
             if "infer" in args.cases:
                 rows.append(run_case(infer_case(models, s, precision, args.device), args.warmup, reps, peaks, reference))
                 if args.compile:

@@ -5,7 +5,7 @@ import torch
 import torch.nn.functional as F
 
 from ldmkit.nn.blocks import GroupNorm32
-from ldmkit.nn.fused import gated_gelu, group_norm_silu
+from ldmkit.nn.fused import gated_gelu, gated_gelu_linear, group_norm_silu
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -102,3 +102,48 @@ def test_gated_gelu_matches_and_keeps_less(dtype):
     # unfused keeps the halves (one storage, proj) and gelu(gate); fused keeps proj only
     assert saved_bytes(lambda _, p: gated_gelu(p), x, None) == x.numel() * 4
     assert saved_bytes(lambda _, p: unfused(p), x, None) >= 1.5 * x.numel() * 4
+
+
+@pytest.mark.parametrize("autocast", [False, True])
+def test_gated_gelu_linear_matches_and_keeps_less(autocast):
+    """The feed-forward's gate + output Linear: values and all three gradients as the unfused layers (float64
+    exactly to rounding; bf16 autocast as autocast's own casts), without keeping the gated product."""
+    torch.manual_seed(0)
+    dtype = torch.float32 if autocast else torch.float64
+    lin = torch.nn.Linear(8, 6).to(dtype)
+    proj = torch.randn(3, 5, 16, dtype=dtype, requires_grad=True)
+    g = torch.randn(3, 5, 6, dtype=dtype)
+
+    def run(fn):
+        with torch.autocast("cpu", torch.bfloat16, enabled=autocast):
+            p = proj.bfloat16() if autocast else proj  # autocast: a bf16 activation from the Linear before
+            out = fn(p)
+        return (out, *torch.autograd.grad(out, (proj, lin.weight, lin.bias), g.to(out.dtype)))
+
+    fused = run(lambda p: gated_gelu_linear(p, lin.weight, lin.bias))
+    ref = run(lambda p: lin(gated_gelu(p)))
+    for a, b in zip(fused, ref):
+        assert a.dtype == b.dtype
+        tol = 1e-12 if not autocast else 0.02 * b.abs().max().item()
+        torch.testing.assert_close(a, b, rtol=0, atol=tol)
+    x = torch.randn(4, 64, 32, requires_grad=True)
+    w = torch.randn(7, 16, requires_grad=True)
+    # fused keeps proj (and the weight, a parameter that exists anyway); unfused also keeps the (4, 64, 16) product
+    assert saved_bytes(lambda _, p: gated_gelu_linear(p, w, None), x, None) == (x.numel() + w.numel()) * 4
+    assert saved_bytes(lambda _, p: F.linear(gated_gelu(p), w), x, None) >= (x.numel() + w.numel() + 4 * 64 * 16) * 4
+
+
+def test_feed_forward_fused_path_is_the_module():
+    """FeedForward takes the fused path (no dropout): same output and parameter gradients as running net."""
+    from ldmkit.nn.attention import FeedForward
+
+    torch.manual_seed(0)
+    ff = FeedForward(8, mult=2).double()
+    x = torch.randn(2, 3, 8, dtype=torch.float64, requires_grad=True)
+    out = ff(x)
+    grads = torch.autograd.grad(out.square().sum(), [x, *ff.parameters()])
+    ref = ff.net(x)
+    ref_grads = torch.autograd.grad(ref.square().sum(), [x, *ff.parameters()])
+    torch.testing.assert_close(out, ref, rtol=0, atol=1e-12)
+    for a, b in zip(grads, ref_grads):
+        torch.testing.assert_close(a, b, rtol=0, atol=1e-12)

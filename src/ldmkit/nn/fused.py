@@ -1,4 +1,4 @@
-"""Fused pairs of ops that keep less for backward: GroupNorm + SiLU and GEGLU's gate.
+"""Fused ops that keep less for backward: GroupNorm + SiLU, GEGLU's gate, and the gate with the Linear after it.
 
 GroupNorm + SiLU opens every residual branch (UNet ResBlock, autoencoder ResnetBlock) and the output heads.
 Unfused, autograd stores the GroupNorm input (for its backward), the GroupNorm output (for SiLU's backward) and
@@ -90,3 +90,44 @@ def gated_gelu(proj: Tensor) -> Tensor:
         return GatedGELU.apply(proj)
     value, gate = proj.chunk(2, dim=-1)
     return value * F.gelu(gate)
+
+
+class GatedGELULinear(torch.autograd.Function):
+    """linear(value * gelu(gate), weight, bias): the transformer feed-forward after its first Linear. Keeps only
+    ``proj`` (and the parameters) for backward and recomputes the gated product there, instead of also keeping it
+    for the Linear's weight gradient: on the benchmark UNet (batch 8, bf16 autocast) 32 of 531 MiB kept for
+    backward. The weight is cast to ``proj``'s dtype as autocast would, so results match the unfused layers."""
+
+    @staticmethod
+    def forward(ctx, proj: Tensor, weight: Tensor, bias: Tensor | None) -> Tensor:
+        value, gate = proj.chunk(2, dim=-1)  # each (..., D)
+        with torch.autocast(proj.device.type, enabled=False):  # dtypes are set here, as autocast would set them
+            out = F.linear(value * F.gelu(gate), weight.to(proj.dtype), None if bias is None else bias.to(proj.dtype))
+        ctx.save_for_backward(proj, weight, bias)
+        return out  # (..., out_features)
+
+    @staticmethod
+    def backward(ctx, grad: Tensor):
+        proj, weight, bias = ctx.saved_tensors
+        with torch.autocast(proj.device.type, enabled=False):
+            value, gate = proj.chunk(2, dim=-1)
+            gelu_gate = F.gelu(gate)
+            grad = grad.to(proj.dtype)
+            grad_h = grad @ weight.to(proj.dtype)  # (..., D)
+            grad_w = grad_b = None
+            if ctx.needs_input_grad[1]:
+                h = value * gelu_gate  # recomputed, not stored
+                grad_w = grad.reshape(-1, grad.shape[-1]).t() @ h.reshape(-1, h.shape[-1])  # (out, D)
+            if bias is not None and ctx.needs_input_grad[2]:
+                grad_b = grad.reshape(-1, grad.shape[-1]).sum(0)
+            grad_value = grad_h * gelu_gate
+            grad_gate = torch.ops.aten.gelu_backward(grad_h * value, gate)
+        # autograd casts the parameters' gradients to their own dtype (float32 under autocast)
+        return torch.cat([grad_value, grad_gate], dim=-1), grad_w, grad_b
+
+
+def gated_gelu_linear(proj: Tensor, weight: Tensor, bias: Tensor | None) -> Tensor:
+    """``F.linear(gated_gelu(proj), weight, bias)``; see ``GatedGELULinear``."""
+    if torch.is_grad_enabled() and (proj.requires_grad or weight.requires_grad):
+        return GatedGELULinear.apply(proj, weight, bias)
+    return F.linear(gated_gelu(proj), weight, bias)

@@ -15,6 +15,7 @@ from ..weights import save_release
 from .checkpoint import Checkpointer
 from .config import TrainConfig, autocast, base_lr, grad_scaler, lr_factor
 from .distributed import Dist, no_sync
+from .optim import adam
 from .logger import RunLogger
 from .run import TimeBudget, seed_rank, set_lr, start_run
 from .seeding import sample_generators
@@ -106,8 +107,8 @@ def _train(cfg: AutoencoderRunConfig, resume: bool, out: Path, device: torch.dev
         model.to(memory_format=torch.channels_last)
         loss_fn.to(memory_format=torch.channels_last)
     ae, disc = dist.wrap(model, device), dist.wrap(DiscriminatorLoss(loss_fn), device)
-    opt_ae = torch.optim.Adam(model.parameters(), lr=tc.lr, betas=(0.5, 0.9))
-    opt_d = torch.optim.Adam(loss_fn.discriminator.parameters(), lr=tc.lr, betas=(0.5, 0.9))
+    opt_ae = adam(model.parameters(), lr=tc.lr, betas=(0.5, 0.9), decoupled=False)
+    opt_d = adam(loss_fn.discriminator.parameters(), lr=tc.lr, betas=(0.5, 0.9), decoupled=False)
     scaler = grad_scaler(device, tc.precision)
     micro, accum = tc.batch_size, tc.grad_accum
     stream = make_stream(train_set, micro * accum, tc.seed, tc.num_workers, dist.rank, dist.world_size)

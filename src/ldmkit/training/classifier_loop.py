@@ -27,6 +27,7 @@ from ..nn.noisy_classifier import NoisyClassifier, NoisyClassifierConfig, save_n
 from ..pipeline import Pipeline
 from ..weights import file_digest, read_release_metadata
 from .latents import LatentCache, cache_dir, canonical, encode_dataset
+from .optim import adam
 from .run import TimeBudget
 
 
@@ -166,7 +167,7 @@ def train_noisy_classifier(pipeline: str | Path, cfg: ClassifierTrainConfig, *, 
     model = NoisyClassifier(NoisyClassifierConfig(in_channels=pipe.cfg.latent_shape[0], num_classes=num_classes,
                                                   model_channels=cfg.model_channels, channel_mult=cfg.channel_mult,
                                                   num_res_blocks=cfg.num_res_blocks)).to(dev).train()
-    opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
+    opt = adam(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
     gen = torch.Generator().manual_seed(cfg.seed)  # CPU draws: the same numbers on every device
     budget, start = TimeBudget(cfg.max_minutes), time.perf_counter()
     step, running, correct, seen = 0, 0.0, 0, 0

@@ -29,6 +29,7 @@ from .ema import EMA
 from .embeddings import EmbeddingStore, build_embedding_cache, dataset_captions, embedding_cache_dir, embedding_key
 from .latents import LatentCache, LatentSource, ShardedLatentCache, cache_dir, canonical, encode_dataset, uses_flips
 from .logger import RunLogger
+from .optim import adam
 from .run import TimeBudget, seed_rank, set_lr, start_run
 from .seeding import sample_generators
 from .stream import make_stream, split_batch
@@ -285,7 +286,7 @@ def _train(cfg: LDMRunConfig, released: Pipeline | None, resume: bool, out: Path
     denoiser = nn.ModuleDict({k: getattr(pipe, k) for k in DENOISER_PARTS if getattr(pipe, k) is not None})
     seed_rank(tc.seed, dist)
     model = dist.wrap(DenoiserLoss(pipe, denoiser, tc, device), device)
-    opt = torch.optim.AdamW(denoiser.parameters(), lr=tc.lr, weight_decay=tc.weight_decay)
+    opt = adam(denoiser.parameters(), lr=tc.lr, weight_decay=tc.weight_decay)
     scaler = grad_scaler(device, tc.precision)
     ema = EMA(denoiser, tc.ema_decay)
     # each rank reads batch_size x grad_accum items per step, cut into grad_accum micro-batches
