@@ -57,7 +57,10 @@ def markdown(result: dict[str, Any]) -> str:
                          f"{r['mfu']['diffusers']:.1%} | {diff} |")
         lines += ["", "speed-up = diffusers time / ldmkit time (median of the repetitions, sides interleaved); "
                   "MFU = counted FLOPs (matmuls, convolutions, attention) / time / the measured matmul peak of the "
-                  "precision; max abs diff = |ldmkit - diffusers| of the outputs (same weights).", ""]
+                  "precision (the higher of two measurements, before and after the cases); \"train step\": each "
+                  "library's AdamW as its trainer builds it (ldmkit: fused kernel; diffusers' examples: "
+                  "torch.optim.AdamW, a per-parameter loop on a CPU); \"same-optimizer train step\": ldmkit's on both "
+                  "sides; max abs diff = |ldmkit - diffusers| of the outputs (same weights).", ""]
     if result["memory"]:
         lines += ["| training step memory | precision | ldmkit MiB | diffusers MiB | ldmkit / diffusers | target |",
                   "|---|---|---|---|---|---|"]
@@ -75,7 +78,8 @@ def markdown(result: dict[str, Any]) -> str:
                              f"{_check(ratio, target, False)} |")
         method = result["memory"][0]["method"]
         lines += ["", f"memory = what one training step adds to the process ({method} after the step minus the "
-                  "resident memory before it; model, gradients, AdamW state and inputs exist already): activations "
+                  "resident memory before it, after returning freed heap memory to the OS with malloc_trim; model, "
+                  "gradients, AdamW state and inputs exist already): activations "
                   "kept for backward and temporaries (and, in bf16, autocast's weight copies); one fresh process per "
                   "cell.", ""]
     return "\n".join(lines)
