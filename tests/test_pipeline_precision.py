@@ -43,3 +43,30 @@ def test_bf16_pipeline_samples_float32_close_to_fp32():
 def pipe_inputs(pipe):
     kind = pipe.cfg.conditioner.kind
     return {"class_labels": [0, 1]} if kind == "class" else {}
+
+
+@pytest.mark.parametrize("precision", ["fp32", "bf16"])
+def test_sampling_reuses_cross_attention_keys_with_the_same_result(precision, monkeypatch):
+    """The pipeline's sampler loop projects the (guided) context once per layer, not once per step, and gives
+    bitwise the samples of the per-step projections."""
+    import contextlib
+
+    import ldmkit.pipeline as pipeline_module
+    from ldmkit.nn import CrossAttention
+
+    pipe = randomize(Pipeline(tiny_config()))
+    pipe.set_precision(precision)
+    calls = []
+    for m in pipe.unet.modules():
+        if isinstance(m, CrossAttention):
+            m.to_k.register_forward_hook(lambda *a: calls.append(1))
+    kwargs = dict(num_images=2, num_inference_steps=5, guidance_scale=2.0, seeds=[0, 1], output_type="latent")
+    out = pipe(**pipe_inputs(pipe), **kwargs)
+    cached_calls = len(calls)
+    calls.clear()
+    monkeypatch.setattr(pipeline_module, "reuse_context_kv", lambda module: contextlib.nullcontext())
+    ref = pipe(**pipe_inputs(pipe), **kwargs)
+    layers = sum(isinstance(m, CrossAttention) for m in pipe.unet.modules()) // 2
+    assert len(calls) == 5 * 2 * layers  # per step: self- and cross-attention keys of each layer
+    assert cached_calls == 5 * layers + layers  # cross-attention keys in the first step only
+    torch.testing.assert_close(out, ref, rtol=0, atol=0)

@@ -23,7 +23,7 @@ from .diffusion import Schedule, ScheduleConfig, cfg_denoise, check_options, cla
 from .diffusion.editing import paste_known, reimpose_known
 from .diffusion.noise import randn
 from .imageio import to_pil
-from .nn import ConditionerConfig, UNetConfig, UNetModel, build_conditioner
+from .nn import ConditionerConfig, UNetConfig, UNetModel, build_conditioner, reuse_context_kv
 from .nn.concat import ConcatConfig
 from .nn.inference import inference_dtype, prepare_inference
 from .nn.noisy_classifier import load_noisy_classifier
@@ -230,12 +230,21 @@ class Pipeline(nn.Module):
         classifier guidance of the combined eps (``classifier(x_t, t) -> logits`` towards ``classifier_labels``)."""
         # nothing to guide without a context conditioner: scale 1 is a single plain call
         scale = guidance_scale if uncond is not None else 1.0
+        # contexts in the UNet's dtype once, not per step: the same tensor every step is what lets
+        # reuse_context_kv (sample_latents) keep the cross-attention keys and values
+        cond, uncond = self._context_in_dtype(cond), self._context_in_dtype(uncond)
         denoise_fn = cfg_denoise(self.model_fn, cond, uncond, scale)
         if classifier is not None and classifier_scale != 0:
             if classifier_labels is None:
                 raise ValueError("classifier guidance needs class_labels (the classes to guide towards)")
             denoise_fn = classifier_guided(denoise_fn, self.schedule, classifier, classifier_labels, classifier_scale)
         return denoise_fn
+
+    def _context_in_dtype(self, cond: dict | None) -> dict | None:
+        context = None if cond is None else cond.get("context")
+        if context is None or context.dtype == self.dtype:
+            return cond
+        return {**cond, "context": context.to(self.dtype)}
 
     @torch.no_grad()
     def sample_latents(self, cond: dict | None, uncond: dict | None, noise: torch.Tensor, *, steps: int = 50,
@@ -252,8 +261,9 @@ class Pipeline(nn.Module):
         denoise_fn = self.guided_fn(cond, uncond, guidance_scale, classifier, classifier_labels, classifier_scale)
         if known is not None:
             denoise_fn = reimpose_known(denoise_fn, self.schedule, known[0], noise, known[1])
-        z = get_sampler(sampler)(denoise_fn, noise, self.schedule, steps=steps, generator=generator,
-                                 callback=callback, **options)
+        with reuse_context_kv(self.unet):  # the prompt's keys and values once, not every step
+            z = get_sampler(sampler)(denoise_fn, noise, self.schedule, steps=steps, generator=generator,
+                                     callback=callback, **options)
         return z if known is None else paste_known(z, known[0], known[1])
 
     def latent_mask(self, mask: torch.Tensor) -> torch.Tensor:

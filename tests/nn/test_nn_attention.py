@@ -98,3 +98,53 @@ def test_spatial_transformer_position_code_adds_closed_form_code_and_no_paramete
     with_pos.load_state_dict(plain.state_dict())
     x_in, ctx = torch.randn(1, 16, 2, 4), torch.randn(1, 3, 6)
     assert not torch.allclose(plain(x_in, ctx), with_pos(x_in, ctx))
+
+
+def _counting_unet():
+    from ldmkit.nn import UNetConfig, UNetModel
+
+    torch.manual_seed(0)
+    cfg = UNetConfig(in_channels=4, out_channels=4, model_channels=32, channel_mult=(1, 2), num_res_blocks=1,
+                     attention_resolutions=(2,), num_heads=2, context_dim=16)
+    unet = UNetModel(cfg).eval()
+    calls = []
+    for m in unet.modules():
+        if isinstance(m, CrossAttention):
+            m.to_k.register_forward_hook(lambda *a: calls.append(1))
+    return unet, calls
+
+
+def test_reuse_context_kv_is_exact_and_computes_keys_once_per_context():
+    from ldmkit.nn import reuse_context_kv
+
+    unet, calls = _counting_unet()
+    x, t = torch.randn(2, 4, 8, 8), torch.tensor([10, 500])
+    ctx, other = torch.randn(2, 5, 16), torch.randn(2, 5, 16)
+    with torch.no_grad():
+        ref = [unet(x, t, context=c) for c in (ctx, ctx, other, ctx)]
+        plain_calls = len(calls)  # every call: self- and cross-attention keys of each layer
+        calls.clear()
+        with reuse_context_kv(unet):
+            out = [unet(x, t, context=c) for c in (ctx, ctx, other, ctx)]
+            with reuse_context_kv(unet):  # nested: shares the outer cache, leaves it in place
+                out.append(unet(x, t, context=ctx))
+            out.append(unet(x, t, context=ctx))
+    for a, b in zip(out, ref + [ref[0], ref[0]]):
+        torch.testing.assert_close(a, b, rtol=0, atol=0)
+    layers = sum(isinstance(m, CrossAttention) for m in unet.modules()) // 2  # attn1 (self) + attn2 (cross)
+    # self-attention keys every call (6 calls); cross keys only when the context tensor changes (3 times)
+    assert len(calls) == 6 * layers + 3 * layers
+    assert plain_calls == 4 * 2 * layers
+    assert all(m.kv_cache is None for m in unet.modules() if isinstance(m, CrossAttention))  # cleared on exit
+
+
+def test_reuse_context_kv_is_not_used_with_gradients():
+    from ldmkit.nn import reuse_context_kv
+
+    unet, calls = _counting_unet()
+    x, t, ctx = torch.randn(2, 4, 8, 8), torch.tensor([10, 500]), torch.randn(2, 5, 16)
+    with reuse_context_kv(unet):
+        for _ in range(2):
+            unet(x, t, context=ctx).sum().backward()
+    layers = sum(isinstance(m, CrossAttention) for m in unet.modules())
+    assert len(calls) == 2 * layers

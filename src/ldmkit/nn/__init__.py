@@ -2,7 +2,7 @@
 
 Layering: nothing here knows about noise schedules (``ldmkit.diffusion``); ``t`` is just a tensor to embed.
 """
-from ldmkit.nn.attention import AttentionBlock, CrossAttention, SpatialTransformer
+from ldmkit.nn.attention import AttentionBlock, CrossAttention, SpatialTransformer, reuse_context_kv
 from ldmkit.nn.blocks import Downsample, GroupNorm32, ResBlock, Upsample, normalization
 from ldmkit.nn.conditioner_base import Conditioner
 from ldmkit.nn.conditioners import ClassEmbedder, ConditionerConfig, build_conditioner
@@ -23,6 +23,7 @@ __all__ = [
     "Downsample",
     "FrozenTextConditioner",
     "GroupNorm32",
+    "reuse_context_kv",
     "LayoutConditioner",
     "NoisyClassifier",
     "NoisyClassifierConfig",

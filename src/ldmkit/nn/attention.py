@@ -6,6 +6,9 @@ modules so their checkpoints load 1:1.
 """
 from __future__ import annotations
 
+import contextlib
+from typing import Iterator
+
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
@@ -98,19 +101,46 @@ class CrossAttention(nn.Module):
         self.to_k = nn.Linear(context_dim, inner, bias=False)
         self.to_v = nn.Linear(context_dim, inner, bias=False)
         self.to_out = nn.Sequential(nn.Linear(inner, query_dim), nn.Dropout(dropout))
+        self.kv_cache: dict[str, Tensor] | None = None  # a dict while ``reuse_context_kv`` is active
 
     def _split_heads(self, x: Tensor) -> Tensor:
         b, n, _ = x.shape
         return x.reshape(b, n, self.heads, -1).transpose(1, 2)  # (B, heads, N, d)
 
+    def _keys_values(self, context: Tensor, external: bool) -> tuple[Tensor, Tensor]:
+        """(B, heads, M, d) keys and values of ``context``; reused for the same external context tensor inside
+        ``reuse_context_kv`` (inference only)."""
+        cache = self.kv_cache
+        if cache is not None and external and not torch.is_grad_enabled():
+            if cache.get("context") is not context:  # holding the tensor keeps its identity unique
+                cache.update(context=context, k=self._split_heads(self.to_k(context)),
+                             v=self._split_heads(self.to_v(context)))
+            return cache["k"], cache["v"]
+        return self._split_heads(self.to_k(context)), self._split_heads(self.to_v(context))
+
     def forward(self, x: Tensor, context: Tensor | None = None) -> Tensor:
-        context = x if context is None else context  # (B, M, context_dim)
         q = self._split_heads(self.to_q(x))  # (B, heads, N, d)
-        k = self._split_heads(self.to_k(context))  # (B, heads, M, d)
-        v = self._split_heads(self.to_v(context))  # (B, heads, M, d)
+        k, v = self._keys_values(x if context is None else context, context is not None)  # (B, heads, M, d)
         out = attention(q, k, v)  # (B, heads, N, d)
         out = out.transpose(1, 2).flatten(2)  # (B, N, inner)
         return self.to_out(out)  # (B, N, query_dim)
+
+
+@contextlib.contextmanager
+def reuse_context_kv(module: nn.Module) -> Iterator[None]:
+    """Inside the block, each cross-attention layer of ``module`` projects a context tensor to keys and values
+    once and reuses them while it is called with that same tensor again: a sampler's steps all attend to the same
+    prompt, so every step after the first skips those projections (two Linears on B x 77 tokens per layer: ~3 %
+    of a guided step of the benchmark UNet). Results are bitwise the same. The context must not be modified in
+    place inside the block; gradient-enabled calls never use the cache; nested blocks share the outer cache."""
+    layers = [m for m in module.modules() if isinstance(m, CrossAttention) and m.kv_cache is None]
+    for m in layers:
+        m.kv_cache = {}
+    try:
+        yield
+    finally:
+        for m in layers:
+            m.kv_cache = None
 
 
 class GEGLU(nn.Module):
