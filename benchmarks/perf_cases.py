@@ -17,7 +17,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from perf_measure import count_flops, sync
+from perf_measure import Lockstep, count_flops, sync
 from perf_models import Sizes, unet_fn, vae_decode_fn, vae_encode_fn
 from ldmkit.convert.diffusers_config import schedule_config_to_diffusers
 from ldmkit.diffusion import Schedule, ScheduleConfig, cfg_denoise, sample_ddim
@@ -162,10 +162,13 @@ def sample_case(models: dict[str, nn.Module], s: Sizes, precision: str, device: 
     m = _cast(models, precision)
     ours, theirs = unet_fn(m["ldmkit"]), unet_fn(m["diffusers"])
     stamps: dict[str, list[float]] = {"ldmkit": [], "diffusers": []}  # end time of every step of the last run
+    lock: list[Lockstep] = []  # set while lockstep() runs
 
     def stamp(side: str) -> None:
         sync(device)
         stamps[side].append(time.perf_counter())
+        if lock:
+            lock[0].turn(side)
 
     def ldmkit_sample(n: int = steps) -> Tensor:
         stamps["ldmkit"] = [time.perf_counter()]
@@ -197,7 +200,32 @@ def sample_case(models: dict[str, nn.Module], s: Sizes, precision: str, device: 
             sample(2)  # warm-up: a short run (a 50-step one would double the cost of this case)
         case.fns[side] = _keep(case.outputs, side, sample, device)
     case.info["step_stamps"] = stamps  # read by step_medians after timing
+
+    def lockstep(reps: int) -> list[dict[str, float]]:
+        """Whole samples with the two sides' steps alternating (``Lockstep``), who starts alternating too."""
+        runs = []
+        for r in range(reps):
+            order = list(SIDES) if r % 2 == 0 else list(SIDES)[::-1]
+            lock[:] = [Lockstep(order)]
+            try:
+                runs.append(lock[0].run({"ldmkit": ldmkit_sample, "diffusers": diffusers_sample}))
+            finally:
+                lock.clear()
+        return runs
+
+    case.info["lockstep_fn"] = lockstep  # run by lockstep_times after the interleaved timing
     return case
+
+
+def lockstep_times(case: Case, reps: int) -> None:
+    """The sampling case again, its sides' steps alternating: the sample time least moved by a shared machine."""
+    fn = case.info.pop("lockstep_fn", None)
+    if fn is not None:
+        runs = fn(reps)
+        med = {k: statistics.median(r[k] for r in runs) for k in SIDES}
+        case.info["lockstep_seconds"] = med
+        case.info["lockstep_runs"] = runs
+        case.info["lockstep_speedup"] = med["diffusers"] / med["ldmkit"]
 
 
 def step_medians(case: Case) -> None:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import resource
 import statistics
+import threading
 import time
 from pathlib import Path
 from typing import Any, Callable
@@ -31,6 +32,57 @@ def time_interleaved(fns: dict[str, Callable[[], Any]], warmup: int, reps: int) 
             fns[k]()
             times[k].append(time.perf_counter() - t0)
     return times
+
+
+class Lockstep:
+    """Runs functions in threads that take turns: each runs until it calls ``turn(name)`` (e.g. at the end of every
+    sampler step), then waits while the others run one turn each. Only one computes at a time, so each keeps the
+    whole machine, and a slow phase of a shared machine (seconds to minutes here) hits all sides alike instead of
+    whichever whole sample it fell on. ``run`` returns each function's own running time, waits excluded."""
+
+    def __init__(self, names: list[str]):
+        self.names, self.current, self.done = names, names[0], set()
+        self.cond = threading.Condition()
+        self.active = {n: 0.0 for n in names}
+        self.resumed: dict[str, float] = {}
+
+    def _hand_over(self, me: str) -> None:  # with self.cond held
+        order = self.names[self.names.index(me) + 1:] + self.names[:self.names.index(me) + 1]
+        self.current = next((n for n in order if n not in self.done), me)
+        self.cond.notify_all()
+
+    def turn(self, me: str) -> None:
+        self.active[me] += time.perf_counter() - self.resumed[me]
+        with self.cond:
+            self._hand_over(me)
+            self.cond.wait_for(lambda: self.current == me)
+        self.resumed[me] = time.perf_counter()
+
+    def run(self, fns: dict[str, Callable[[], Any]]) -> dict[str, float]:
+        errors: list[BaseException] = []
+
+        def worker(name: str, fn: Callable[[], Any]) -> None:
+            with self.cond:
+                self.cond.wait_for(lambda: self.current == name)
+            self.resumed[name] = time.perf_counter()
+            try:
+                fn()
+            except BaseException as e:  # re-raised in the caller's thread
+                errors.append(e)
+            finally:
+                self.active[name] += time.perf_counter() - self.resumed[name]
+                with self.cond:
+                    self.done.add(name)
+                    self._hand_over(name)
+
+        threads = [threading.Thread(target=worker, args=(n, fns[n])) for n in self.names]
+        for th in threads:
+            th.start()
+        for th in threads:
+            th.join()
+        if errors:
+            raise errors[0]
+        return dict(self.active)
 
 
 def median(xs: list[float]) -> float:

@@ -41,6 +41,11 @@ def markdown(result: dict[str, Any]) -> str:
                 st = r["step_median_seconds"]
                 checks.append(f"median step: {st['ldmkit']:.3f} s vs {st['diffusers']:.3f} s, "
                               f"{st['diffusers'] / st['ldmkit']:.3f}x")
+            if "lockstep_seconds" in r:
+                ls = r["lockstep_seconds"]
+                checks.append(f"steps alternating (lockstep): {ls['ldmkit']:.2f} s vs {ls['diffusers']:.2f} s, "
+                              f"{r['lockstep_speedup']:.3f}x " + _check(r["lockstep_speedup"],
+                                                                         _target(SPEED_TARGETS, name, p), True))
             if "compile_seconds" in r:
                 c = r["compile_seconds"]
                 checks.append(f"first call (compile): {c['ldmkit']:.0f} s vs {c['diffusers']:.0f} s")

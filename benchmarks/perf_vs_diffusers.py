@@ -24,8 +24,8 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from perf_cases import (DTYPES, SIDES, Case, compiled_infer_case, decode_psnr, infer_case, parity,  # noqa: E402
-                        sample_case, step_medians, train_case, vae_cases)
+from perf_cases import (DTYPES, SIDES, Case, compiled_infer_case, decode_psnr, infer_case,  # noqa: E402
+                        lockstep_times, parity, sample_case, step_medians, train_case, vae_cases)
 from perf_measure import matmul_peak, median, time_interleaved  # noqa: E402
 from perf_memory import MEMORY_RUNS, memory_child  # noqa: E402
 from perf_models import autoencoder_config, sizes, unet_pair, vae_pair  # noqa: E402
@@ -78,6 +78,7 @@ def run_case(case: Case, warmup: int, reps: int, peaks: dict[str, float], refere
     times = time_interleaved(case.fns, warmup, reps)
     decode_psnr(case, reference)
     step_medians(case)
+    lockstep_times(case, reps)
     med = {k: median(v) for k, v in times.items()}
     row = {"case": case.name, "precision": case.precision, "seconds": med, "times": times,
            "min_seconds": {k: min(v) for k, v in times.items()},
@@ -88,6 +89,8 @@ def run_case(case: Case, warmup: int, reps: int, peaks: dict[str, float], refere
     case.outputs.clear()
     steps = row.get("step_median_seconds")
     more = f", median step speed-up {steps['diffusers'] / steps['ldmkit']:.3f}" if steps else ""
+    if "lockstep_speedup" in row:
+        more += f", lockstep speed-up {row['lockstep_speedup']:.3f}"
     print(f"  {case.name} [{case.precision}]: ldmkit {med['ldmkit']:.4f} s, diffusers {med['diffusers']:.4f} s, "
           f"speed-up {row['speedup']:.3f}{more} ({time.perf_counter() - t0:.0f} s)", flush=True)
     return row
