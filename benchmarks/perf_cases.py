@@ -19,6 +19,7 @@ from torch import Tensor, nn
 
 from perf_measure import Lockstep, count_flops, sync
 from perf_models import Sizes, unet_fn, vae_decode_fn, vae_encode_fn
+from ldmkit.autoencoder import Autoencoder
 from ldmkit.convert.diffusers_config import schedule_config_to_diffusers
 from ldmkit.diffusion import Schedule, ScheduleConfig, cfg_denoise, sample_ddim
 from ldmkit.evaluation.reconstruction import psnr
@@ -59,7 +60,8 @@ def unet_inputs(s: Sizes, batch: int, device: torch.device, seed: int = 0) -> tu
 def _cast(models: dict[str, nn.Module], precision: str) -> dict[str, nn.Module]:
     """Inference copies in ``precision``: ldmkit through its own ``prepare_inference`` (what
     ``Pipeline.set_precision`` / ``ldmkit sample --precision`` do), diffusers cast as its pipelines do."""
-    return {k: prepare_inference(copy.deepcopy(m), DTYPES[precision]) if k == "ldmkit"
+    return {k: prepare_inference(copy.deepcopy(m), DTYPES[precision], first_stage=isinstance(m, Autoencoder))
+            if k == "ldmkit"
             else copy.deepcopy(m).to(DTYPES[precision]).eval() for k, m in models.items()}
 
 

@@ -70,3 +70,17 @@ def test_sampling_reuses_cross_attention_keys_with_the_same_result(precision, mo
     assert len(calls) == 5 * 2 * layers  # per step: self- and cross-attention keys of each layer
     assert cached_calls == 5 * layers + layers  # cross-attention keys in the first step only
     torch.testing.assert_close(out, ref, rtol=0, atol=0)
+
+
+def test_first_stage_runs_channels_last_in_float32_on_cpu_with_the_same_output():
+    pipe = randomize(Pipeline(tiny_config()))
+    z = torch.randn(2, 3, 8, 8, generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        ref = pipe.decode_latents(z)
+    pipe.set_precision("fp32")
+    enc_conv = pipe.autoencoder.encoder.conv_in.weight
+    assert enc_conv.dtype == torch.float32 and enc_conv.is_contiguous(memory_format=torch.channels_last)
+    assert pipe.unet.input_blocks[0][0].weight.is_contiguous()  # the UNet keeps NCHW in float32
+    with torch.no_grad():
+        out = pipe.decode_latents(z)
+    torch.testing.assert_close(out, ref, rtol=0, atol=1e-5)
