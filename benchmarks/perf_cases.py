@@ -75,6 +75,29 @@ def optimizer(side: str, model: nn.Module, same: bool) -> torch.optim.Optimizer:
     return torch.optim.AdamW(model.parameters(), lr=1e-4, weight_decay=1e-2)
 
 
+def train_step(side: str, model: nn.Module, precision: str, device: torch.device, inputs: tuple[Tensor, ...],
+               target: Tensor, same_optimizer: bool = False, set_to_none: bool = True):
+    """(step, fwd_bwd, optimizer) of one training step of ``model`` (in train mode) on ``inputs`` = (x, t, ctx):
+    forward (bf16 autocast for "bf16"), MSE to ``target``, backward; ``step`` adds zero_grad and the side's AdamW
+    (``optimizer``). Both return the loss."""
+    fn, opt = unet_fn(model), optimizer(side, model, same_optimizer)
+
+    def fwd_bwd() -> Tensor:
+        with torch.autocast(device.type, torch.bfloat16, enabled=precision == "bf16"):
+            out = fn(*inputs)  # (B, C, H, W)
+        loss = F.mse_loss(out.float(), target)
+        loss.backward()
+        return loss.detach()
+
+    def step() -> Tensor:
+        opt.zero_grad(set_to_none=set_to_none)
+        loss = fwd_bwd()
+        opt.step()
+        return loss
+
+    return step, fwd_bwd, opt
+
+
 def train_case(models: dict[str, nn.Module], s: Sizes, precision: str, device: torch.device,
                same_optimizer: bool = False) -> Case:
     """Forward + MSE to the noise + backward + AdamW at batch ``s.train_batch``; copies, so the inference cases
@@ -83,22 +106,8 @@ def train_case(models: dict[str, nn.Module], s: Sizes, precision: str, device: t
     noise = torch.randn(x.shape, generator=torch.Generator().manual_seed(1)).to(device)
     case = Case("same-optimizer train step" if same_optimizer else "train step", precision, {}, {})
     for side, model in models.items():
-        model = copy.deepcopy(model).train()
-        fn, opt = unet_fn(model), optimizer(side, model, same_optimizer)
-
-        def fwd_bwd(model=model, fn=fn) -> Tensor:
-            with torch.autocast(device.type, torch.bfloat16, enabled=precision == "bf16"):
-                out = fn(x, t, ctx)  # (B, C, H, W)
-            loss = F.mse_loss(out.float(), noise)
-            loss.backward()
-            return loss.detach()
-
-        def step(opt=opt, fwd_bwd=fwd_bwd) -> Tensor:
-            opt.zero_grad(set_to_none=True)
-            loss = fwd_bwd()
-            opt.step()
-            return loss
-
+        step, fwd_bwd, opt = train_step(side, copy.deepcopy(model).train(), precision, device, (x, t, ctx), noise,
+                                        same_optimizer)
         case.flops[side] = count_flops(fwd_bwd)  # also the first (untimed) forward and backward
         opt.step()  # ... and AdamW's state, so the first timed step does not allocate it
         case.fns[side] = _keep(case.outputs, side, step, device)

@@ -103,11 +103,17 @@ CPU_ATTENTION = {aten._scaled_dot_product_flash_attention_for_cpu: _sdpa_cpu,
                  aten._scaled_dot_product_flash_attention_for_cpu_backward: _sdpa_cpu_backward}
 
 
-def count_flops(fn: Callable[[], Any]) -> int:
-    """FLOPs of one call (matmuls, convolutions and attention; elementwise work counts 0, as is usual for MFU)."""
+def flops_by_op(fn: Callable[[], Any]) -> dict[str, int]:
+    """FLOPs of one call per aten operator name (matmuls, convolutions and attention; elementwise work counts 0,
+    as is usual for MFU)."""
     with FlopCounterMode(display=False, custom_mapping=CPU_ATTENTION) as counter:
         fn()
-    return counter.get_total_flops()
+    return {op.__name__.split(".")[0]: n for op, n in counter.get_flop_counts()["Global"].items()}
+
+
+def count_flops(fn: Callable[[], Any]) -> int:
+    """Total FLOPs of one call (see ``flops_by_op``)."""
+    return sum(flops_by_op(fn).values())
 
 
 def sync(device: torch.device) -> None:

@@ -18,11 +18,10 @@ import time
 from dataclasses import replace
 
 import torch
-import torch.nn.functional as F
 
-from perf_cases import optimizer, unet_inputs
+from perf_cases import train_step, unet_inputs
 from perf_measure import peak_rss_mib, reset_peak_rss, rss_mib, sync
-from perf_models import Sizes, unet_fn
+from perf_models import Sizes
 from ldmkit.convert.diffusers_config import unet_config_to_diffusers
 from ldmkit.nn import UNetModel
 
@@ -57,15 +56,12 @@ def memory_child(spec: str, s: Sizes, device: torch.device) -> dict:
     depend on their values."""
     side, precision, ckpt = spec.split(":")
     model = _model(side, s, ckpt == "1").to(device).train()
-    fn, opt = unet_fn(model), optimizer(side, model, same=False)
     x, t, ctx = unet_inputs(s, s.train_batch, device)
+    # set_to_none=False: the gradients exist before the measured step (see the module docstring)
+    train, _, _ = train_step(side, model, precision, device, (x, t, ctx), x, set_to_none=False)
 
     def step() -> None:
-        opt.zero_grad(set_to_none=False)
-        with torch.autocast(device.type, torch.bfloat16, enabled=precision == "bf16"):
-            out = fn(x, t, ctx)
-        F.mse_loss(out.float(), x).backward()
-        opt.step()
+        train()
         sync(device)
 
     step()  # creates the gradients and the AdamW state

@@ -73,7 +73,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     return args
 
 
-def run_case(case: Case, warmup: int, reps: int, peaks: dict[str, float], reference: dict) -> dict:
+def run_case(case: Case, warmup: int, reps: int, reference: dict) -> dict:
     t0 = time.perf_counter()
     times = time_interleaved(case.fns, warmup, reps)
     decode_psnr(case, reference)
@@ -84,7 +84,6 @@ def run_case(case: Case, warmup: int, reps: int, peaks: dict[str, float], refere
            "min_seconds": {k: min(v) for k, v in times.items()},
            "speedup": med["diffusers"] / med["ldmkit"], "flops": case.flops,
            "flops_per_s": {k: case.flops[k] / med[k] for k in SIDES},
-           "mfu": {k: case.flops[k] / med[k] / peaks[case.precision] for k in SIDES},
            "max_abs_diff": parity(case), **case.info}
     case.outputs.clear()
     steps = row.get("step_median_seconds")
@@ -137,15 +136,15 @@ def main(argv: list[str] | None = None) -> None:
             if "train" in args.cases:
                 for same in (False, True):
                     rows.append(run_case(train_case(models, s, precision, args.device, same), args.warmup, reps,
-                                         peaks, reference))
+                                         reference))
             if "infer" in args.cases:
-                rows.append(run_case(infer_case(models, s, precision, args.device), args.warmup, reps, peaks, reference))
+                rows.append(run_case(infer_case(models, s, precision, args.device), args.warmup, reps, reference))
                 if args.compile:
                     rows.append(run_case(compiled_infer_case(models, s, precision, args.device), args.warmup, reps,
-                                         peaks, reference))
+                                         reference))
             if "sample" in args.cases:
                 rows.append(run_case(sample_case(models, s, precision, args.device, args.steps), args.warmup,
-                                     sample_reps, peaks, reference))
+                                     sample_reps, reference))
         del models, ours, theirs
     if "vae" in args.cases:
         for name in ("kl-f4", "kl-f8"):
@@ -153,9 +152,9 @@ def main(argv: list[str] | None = None) -> None:
             models = {"ldmkit": ours.to(args.device), "diffusers": theirs.to(args.device)}
             for precision in args.precision:
                 for case in vae_cases(name, models, s, precision, args.device, reference):
-                    rows.append(run_case(case, args.warmup, reps, peaks, reference))
+                    rows.append(run_case(case, args.warmup, reps, reference))
     # the peak again at the end, keeping the higher: a shared machine's speed drifts, and a peak measured in a slow
-    # phase would inflate every MFU; the rows' MFU is recomputed against the final peak
+    # phase would inflate every MFU
     for p in args.precision:
         peaks[p] = max(peaks[p], matmul_peak(DTYPES[p], n, max(3, reps), args.device))
     for row in rows:

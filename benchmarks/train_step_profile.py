@@ -14,21 +14,17 @@ from __future__ import annotations
 
 import argparse
 import collections
-import copy
 import json
-import statistics
 import sys
 from pathlib import Path
 
 import torch
-import torch.nn.functional as F
 from torch.profiler import ProfilerActivity, profile
-from torch.utils.flop_counter import FlopCounterMode
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from perf_cases import DTYPES, optimizer, unet_inputs  # noqa: E402
-from perf_measure import CPU_ATTENTION, matmul_peak  # noqa: E402
-from perf_models import sizes, unet_fn, unet_pair  # noqa: E402
+from perf_cases import DTYPES, train_step, unet_inputs  # noqa: E402
+from perf_measure import flops_by_op, matmul_peak  # noqa: E402
+from perf_models import sizes, unet_pair  # noqa: E402
 
 GROUPS = {"convolution forward": ("aten::mkldnn_convolution", "aten::convolution_overrideable"),
           "convolution backward": ("aten::convolution_backward",),
@@ -54,28 +50,19 @@ def group_of(name: str) -> str:
 
 
 def flops_by_group(step) -> dict[str, int]:
-    with FlopCounterMode(display=False, custom_mapping=CPU_ATTENTION) as counter:
-        step()
     out: dict[str, int] = collections.Counter()
-    for op, n in counter.get_flop_counts()["Global"].items():
-        out[FLOP_GROUPS.get(op.__name__.split(".")[0], OTHER)] += n
+    for op, n in flops_by_op(step).items():
+        out[FLOP_GROUPS.get(op, OTHER)] += n
     return out
 
 
 def profile_step(side: str, precision: str, reps: int) -> dict:
     s = sizes(False)
-    pair = dict(zip(("ldmkit", "diffusers"), unet_pair(s.unet, s.latent)))
-    model = copy.deepcopy(pair[side]).train()
-    fn, opt = unet_fn(model), optimizer(side, model, same=False)
-    x, t, ctx = unet_inputs(s, s.train_batch, torch.device("cpu"))
+    model = dict(zip(("ldmkit", "diffusers"), unet_pair(s.unet, s.latent)))[side].train()
+    cpu = torch.device("cpu")
+    x, t, ctx = unet_inputs(s, s.train_batch, cpu)
     noise = torch.randn(x.shape, generator=torch.Generator().manual_seed(1))
-
-    def step() -> None:
-        opt.zero_grad(set_to_none=True)
-        with torch.autocast("cpu", torch.bfloat16, enabled=precision == "bf16"):
-            out = fn(x, t, ctx)
-        F.mse_loss(out.float(), noise).backward()
-        opt.step()
+    step, _, _ = train_step(side, model, precision, cpu, (x, t, ctx), noise)
 
     flops = flops_by_group(step)  # also AdamW's state
     step()  # allocator warm

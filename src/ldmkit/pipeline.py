@@ -117,9 +117,9 @@ class Pipeline(nn.Module):
 
     def set_precision(self, precision: str = "fp32") -> "Pipeline":
         """Run the UNet and the first stage in ``precision`` ("fp32", "bf16", "fp16"); conditioners, samplers and
-        outputs stay float32 (inputs are cast at the UNet / autoencoder boundary). On a CPU, half precision puts the
-        convolutions in channels-last layout, and the first stage's in float32 too (``nn.inference``). Casting down rounds the weights: load
-        the pipeline again for exact float32. Returns self."""
+        outputs stay float32 (inputs are cast at the UNet / autoencoder boundary). On a CPU, half precision puts
+        the convolutions in channels-last layout, and the first stage's in float32 too (``nn.inference``).
+        Casting down rounds the weights: load the pipeline again for exact float32. Returns self."""
         dtype = inference_dtype(precision)
         self.unet = prepare_inference(self.unet, dtype)
         self.autoencoder = prepare_inference(self.autoencoder, dtype, first_stage=True)

@@ -4,8 +4,9 @@ GroupNorm + SiLU opens every residual branch (UNet ResBlock, autoencoder ResnetB
 Unfused, autograd stores the GroupNorm input (for its backward), the GroupNorm output (for SiLU's backward) and
 the SiLU output (for the next convolution's backward). ``GroupNormSiLU`` stores only the input and the per-group
 statistics and recomputes the GroupNorm output in backward (one elementwise pass, ~1 % of a training step): on the
-benchmark UNet (batch 8, fp32) 843 -> 741 MiB kept for backward, and 677 MiB with ``GatedGELU``. Outside autograd (inference) the SiLU runs in place on the
-GroupNorm output, saving an allocation and a pass per pair. Results are bitwise those of ``silu(group_norm(x))``.
+benchmark UNet (batch 8, fp32) 843 -> 741 MiB kept for backward, and 677 MiB with ``GatedGELU``. Outside
+autograd (inference) the SiLU runs in place on the GroupNorm output, saving an allocation and a pass per pair.
+Results are bitwise those of ``silu(group_norm(x))``.
 """
 from __future__ import annotations
 
@@ -63,6 +64,20 @@ def group_norm_silu(norm: nn.GroupNorm, x: Tensor) -> Tensor:
     return GroupNormSiLU.apply(x.float(), w.float(), b.float(), norm.num_groups, norm.eps).type(x.dtype)
 
 
+def _gated(proj: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+    """(value * gelu(gate), value, gelu(gate)) for [value | gate] = proj's last dim in halves."""
+    value, gate = proj.chunk(2, dim=-1)  # each (..., D)
+    gelu_gate = F.gelu(gate)
+    return value * gelu_gate, value, gelu_gate
+
+
+def _gated_backward(grad: Tensor, proj: Tensor, gelu_gate: Tensor) -> Tensor:
+    """Gradient of value * gelu(gate) with respect to proj = [value | gate], given the output's gradient."""
+    value, gate = proj.chunk(2, dim=-1)
+    grad_gate = torch.ops.aten.gelu_backward(grad * value, gate)
+    return torch.cat([grad * gelu_gate, grad_gate], dim=-1)  # (..., 2D)
+
+
 class GatedGELU(torch.autograd.Function):
     """value * gelu(gate) for [value | gate] = the last dim of ``proj`` split in two halves (the GEGLU of the
     transformer feed-forward). Keeps only ``proj`` for backward (the output of the Linear before, which nothing
@@ -71,25 +86,20 @@ class GatedGELU(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, proj: Tensor) -> Tensor:
-        value, gate = proj.chunk(2, dim=-1)  # each (..., D)
         ctx.save_for_backward(proj)
-        return value * F.gelu(gate)  # (..., D)
+        return _gated(proj)[0]  # (..., D)
 
     @staticmethod
     def backward(ctx, grad: Tensor) -> Tensor:
         (proj,) = ctx.saved_tensors
-        value, gate = proj.chunk(2, dim=-1)
-        grad_value = grad * F.gelu(gate)
-        grad_gate = torch.ops.aten.gelu_backward(grad * value, gate)
-        return torch.cat([grad_value, grad_gate], dim=-1)  # (..., 2D)
+        return _gated_backward(grad, proj, F.gelu(proj.chunk(2, dim=-1)[1]))  # (..., 2D)
 
 
 def gated_gelu(proj: Tensor) -> Tensor:
     """value * gelu(gate), [value | gate] = proj's last dim in halves; see ``GatedGELU``."""
     if torch.is_grad_enabled() and proj.requires_grad:
         return GatedGELU.apply(proj)
-    value, gate = proj.chunk(2, dim=-1)
-    return value * F.gelu(gate)
+    return _gated(proj)[0]
 
 
 class GatedGELULinear(torch.autograd.Function):
@@ -100,9 +110,8 @@ class GatedGELULinear(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, proj: Tensor, weight: Tensor, bias: Tensor | None) -> Tensor:
-        value, gate = proj.chunk(2, dim=-1)  # each (..., D)
         with torch.autocast(proj.device.type, enabled=False):  # dtypes are set here, as autocast would set them
-            out = F.linear(value * F.gelu(gate), weight.to(proj.dtype), None if bias is None else bias.to(proj.dtype))
+            out = F.linear(_gated(proj)[0], weight.to(proj.dtype), None if bias is None else bias.to(proj.dtype))
         ctx.save_for_backward(proj, weight, bias)
         return out  # (..., out_features)
 
@@ -110,20 +119,13 @@ class GatedGELULinear(torch.autograd.Function):
     def backward(ctx, grad: Tensor):
         proj, weight, bias = ctx.saved_tensors
         with torch.autocast(proj.device.type, enabled=False):
-            value, gate = proj.chunk(2, dim=-1)
-            gelu_gate = F.gelu(gate)
-            grad = grad.to(proj.dtype)
-            grad_h = grad @ weight.to(proj.dtype)  # (..., D)
-            grad_w = grad_b = None
-            if ctx.needs_input_grad[1]:
-                h = value * gelu_gate  # recomputed, not stored
-                grad_w = grad.reshape(-1, grad.shape[-1]).t() @ h.reshape(-1, h.shape[-1])  # (out, D)
-            if bias is not None and ctx.needs_input_grad[2]:
-                grad_b = grad.reshape(-1, grad.shape[-1]).sum(0)
-            grad_value = grad_h * gelu_gate
-            grad_gate = torch.ops.aten.gelu_backward(grad_h * value, gate)
-        # autograd casts the parameters' gradients to their own dtype (float32 under autocast)
-        return torch.cat([grad_value, grad_gate], dim=-1), grad_w, grad_b
+            h, _, gelu_gate = _gated(proj)  # recomputed, not stored
+            grad = grad.to(proj.dtype).reshape(-1, grad.shape[-1])  # (N, out)
+            grad_h = (grad @ weight.to(proj.dtype)).reshape(h.shape)  # (..., D)
+            grad_w = grad.t() @ h.reshape(-1, h.shape[-1]) if ctx.needs_input_grad[1] else None  # (out, D)
+            grad_b = grad.sum(0) if bias is not None and ctx.needs_input_grad[2] else None
+            # autograd casts the parameters' gradients to their own dtype (float32 under autocast)
+            return _gated_backward(grad_h, proj, gelu_gate), grad_w, grad_b
 
 
 def gated_gelu_linear(proj: Tensor, weight: Tensor, bias: Tensor | None) -> Tensor:

@@ -15,8 +15,8 @@ from ..weights import save_release
 from .checkpoint import Checkpointer
 from .config import TrainConfig, autocast, base_lr, grad_scaler, lr_factor
 from .distributed import Dist, no_sync
-from .optim import adam
 from .logger import RunLogger
+from .optim import adam
 from .run import TimeBudget, seed_rank, set_lr, start_run
 from .seeding import sample_generators
 from .stream import make_stream, split_batch
