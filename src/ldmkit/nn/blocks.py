@@ -8,6 +8,7 @@ from __future__ import annotations
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from ldmkit.nn.conv import Conv2d
 from ldmkit.nn.fused import group_norm_silu, native_group_norm_ok
 
 
@@ -51,7 +52,7 @@ class Downsample(nn.Module):
 
     def __init__(self, channels: int, use_conv: bool):
         super().__init__()
-        self.op = nn.Conv2d(channels, channels, 3, stride=2, padding=1) if use_conv else nn.AvgPool2d(2, 2, ceil_mode=True)
+        self.op = Conv2d(channels, channels, 3, stride=2, padding=1) if use_conv else nn.AvgPool2d(2, 2, ceil_mode=True)
 
     def forward(self, x: Tensor) -> Tensor:
         return self.op(x)  # (B, C, ceil(H/2), ceil(W/2))
@@ -67,7 +68,7 @@ class Upsample(nn.Module):
 
     def __init__(self, channels: int, use_conv: bool):
         super().__init__()
-        self.conv = nn.Conv2d(channels, channels, 3, padding=1) if use_conv else None
+        self.conv = Conv2d(channels, channels, 3, padding=1) if use_conv else None
 
     def forward(self, x: Tensor, size: tuple[int, int] | None = None) -> Tensor:
         size = tuple(size) if size is not None else (2 * x.shape[-2], 2 * x.shape[-1])
@@ -97,11 +98,11 @@ class ResBlock(nn.Module):
         out = out_channels or channels
         self.up = up
         self.use_scale_shift_norm = use_scale_shift_norm
-        self.in_layers = nn.Sequential(normalization(channels), nn.SiLU(), nn.Conv2d(channels, out, 3, padding=1))
+        self.in_layers = nn.Sequential(normalization(channels), nn.SiLU(), Conv2d(channels, out, 3, padding=1))
         self.resample = Upsample(channels, False) if up else Downsample(channels, False) if down else None
         self.emb_layers = nn.Sequential(nn.SiLU(), nn.Linear(emb_channels, 2 * out if use_scale_shift_norm else out))
         # out_layers.3 is zero-initialised by UNetModel._init_weights: the block starts as its skip path.
-        self.out_layers = nn.Sequential(normalization(out), nn.SiLU(), nn.Dropout(dropout), nn.Conv2d(out, out, 3, padding=1))
+        self.out_layers = nn.Sequential(normalization(out), nn.SiLU(), nn.Dropout(dropout), Conv2d(out, out, 3, padding=1))
         self.skip_connection = nn.Identity() if out == channels else nn.Conv2d(channels, out, 1)
 
     def _resample(self, x: Tensor, size: tuple[int, int] | None) -> Tensor:

@@ -15,6 +15,7 @@ from torch.utils.checkpoint import checkpoint
 from ldmkit.config import require
 from ldmkit.nn.attention import AttentionBlock, SpatialTransformer
 from ldmkit.nn.blocks import Downsample, ResBlock, Upsample, normalization
+from ldmkit.nn.conv import Conv2d
 from ldmkit.nn.embeddings import timestep_embedding
 from ldmkit.nn.fused import group_norm_silu
 
@@ -121,12 +122,12 @@ class UNetModel(nn.Module):
         self.time_embed = nn.Sequential(nn.Linear(mc, self.emb_dim), nn.SiLU(), nn.Linear(self.emb_dim, self.emb_dim))
         self.label_emb = nn.Embedding(cfg.num_classes, self.emb_dim) if cfg.num_classes is not None else None
 
-        self.input_blocks = nn.ModuleList([EmbedSequential(nn.Conv2d(cfg.in_channels, mc, 3, padding=1))])
+        self.input_blocks = nn.ModuleList([EmbedSequential(Conv2d(cfg.in_channels, mc, 3, padding=1))])
         ch, ds, skip_channels = self._build_encoder()
         self.middle_block = EmbedSequential(self._res(ch, ch), self._attention(ch), self._res(ch, ch))
         self.output_blocks = nn.ModuleList()
         self._build_decoder(ch, ds, skip_channels)
-        self.out = nn.Sequential(normalization(mc), nn.SiLU(), nn.Conv2d(mc, cfg.out_channels, 3, padding=1))
+        self.out = nn.Sequential(normalization(mc), nn.SiLU(), Conv2d(mc, cfg.out_channels, 3, padding=1))
         self._init_weights()
 
     # ----------------------------------------------------------------------------------- construction

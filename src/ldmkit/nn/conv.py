@@ -1,0 +1,97 @@
+"""Conv2d whose weight gradient on small bf16 CPU maps is one matmul over an im2col view.
+
+On a CPU, PyTorch's bf16 convolutions run oneDNN. Its weight-gradient kernel is slow on the UNet's lowest levels
+(8x8 maps, 512-1024 channels, batch 8): ~160-450 GFLOP/s where the same product as a matmul runs ~500-850, while
+its forward and input-gradient kernels are fine there (per-shape timings in docs/performance.md). So ``Conv2d``
+keeps PyTorch's forward and input gradient and computes the weight gradient as
+
+    dW (O, C*kh*kw) = grad_out (O, N*Ho*Wo) @ im2col(x)^T (N*Ho*Wo, C*kh*kw)
+
+where im2col is one copy of a strided view of the zero-padded input (nothing extra is kept for backward: x is
+what the convolution keeps anyway), and the bias gradient as a sum: asked for the bias gradient, oneDNN's backward
+runs its weight-gradient kernel even when the weight's is not wanted (input + bias 19 ms, input alone 6 ms at
+8x8x512). It applies only where it pays: training in bf16 (autocast, or bf16 weights and input) on a CPU, groups
+1, dilation 1, kernel > 1x1, and an output of at most ``MATMUL_WGRAD_MAX_PIXELS`` pixels; everywhere else this is
+``nn.Conv2d``, bitwise. State-dict keys are those of ``nn.Conv2d``.
+"""
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+# Largest Ho * Wo that takes the matmul weight gradient (0 turns it off). 8x8: 2-3x faster weight gradients at
+# 512-1024 channels on the benchmark CPU; at 16x16 oneDNN's kernel wins for 256+ channels, so it stops there.
+MATMUL_WGRAD_MAX_PIXELS = 64
+
+
+def conv2d_weight_grad(x: Tensor, grad: Tensor, kernel: tuple[int, int], stride: tuple[int, int],
+                       padding: tuple[int, int]) -> Tensor:
+    """Weight gradient (O, C, kh, kw) of ``conv2d(x, w, stride=stride, padding=padding)`` (groups 1, dilation 1)
+    given x (N, C, H, W) and the output's gradient (N, O, Ho, Wo), as one matmul over im2col(x)."""
+    n, c = x.shape[:2]
+    o, ho, wo = grad.shape[1:]
+    (kh, kw), (sh, sw), (ph, pw) = kernel, stride, padding
+    xp = F.pad(x, (pw, pw, ph, ph))  # (N, C, H + 2ph, W + 2pw), zeros
+    s_n, s_c, s_h, s_w = xp.stride()
+    # cols[c, a, b, n, i, j] = xp[n, c, i*sh + a, j*sw + b]: a view, made contiguous by the reshape (one copy),
+    # rows in the (C, kh, kw) order of the weight, so the product is the gradient as it is laid out, no transpose
+    cols = xp.as_strided((c, kh, kw, n, ho, wo), (s_c, s_h, s_w, s_n, sh * s_h, sw * s_w)).reshape(c * kh * kw, -1)
+    g = grad.transpose(0, 1).reshape(o, n * ho * wo)  # (O, N*Ho*Wo)
+    return (g @ cols.t()).view(o, c, kh, kw)  # (O, C, kh, kw)
+
+
+class _MatmulWeightGradConv2d(torch.autograd.Function):
+    """conv2d(x, weight, bias) with PyTorch's forward and input / bias gradients and ``conv2d_weight_grad``."""
+
+    @staticmethod
+    def forward(ctx, x: Tensor, weight: Tensor, bias: Tensor | None, stride: tuple[int, int],
+                padding: tuple[int, int]) -> Tensor:
+        ctx.save_for_backward(x, weight)
+        ctx.conf = (stride, padding)
+        return F.conv2d(x, weight, bias, stride, padding)  # (N, O, Ho, Wo)
+
+    @staticmethod
+    def backward(ctx, grad: Tensor):
+        x, weight = ctx.saved_tensors
+        stride, padding = ctx.conf
+        need_x, need_w, need_b = ctx.needs_input_grad[:3]
+        grad = grad.contiguous()
+        gx = gb = gw = None
+        if need_x:  # without the bias: asked for it, oneDNN also runs its (slow) weight-gradient kernel
+            gx = torch.ops.aten.convolution_backward(
+                grad, x, weight, None, list(stride), list(padding), [1, 1], False, [0, 0], 1, [True, False, False])[0]
+        if need_b:
+            gb = grad.sum((0, 2, 3))  # (O,)
+        if need_w:
+            gw = conv2d_weight_grad(x, grad, tuple(weight.shape[2:]), stride, padding)
+        return gx, gw, gb, None, None
+
+
+class Conv2d(nn.Conv2d):
+    """``nn.Conv2d`` with the matmul weight gradient of this module's docstring where it pays."""
+
+    def _compute_dtype(self, x: Tensor, weight: Tensor) -> torch.dtype | None:
+        """The dtype F.conv2d would compute in: autocast's, or the tensors' own when they agree."""
+        if torch.is_autocast_enabled("cpu"):
+            return torch.get_autocast_dtype("cpu")
+        return x.dtype if x.dtype == weight.dtype else None
+
+    def _matmul_wgrad(self, x: Tensor, weight: Tensor) -> bool:
+        if not (torch.is_grad_enabled() and weight.requires_grad and x.device.type == "cpu" and x.dim() == 4):
+            return False
+        if self.groups != 1 or self.dilation != (1, 1) or self.padding_mode != "zeros" or isinstance(self.padding, str):
+            return False
+        if self.kernel_size == (1, 1) or self._compute_dtype(x, weight) != torch.bfloat16:
+            return False
+        ho = (x.shape[2] + 2 * self.padding[0] - self.kernel_size[0]) // self.stride[0] + 1
+        wo = (x.shape[3] + 2 * self.padding[1] - self.kernel_size[1]) // self.stride[1] + 1
+        return ho * wo <= MATMUL_WGRAD_MAX_PIXELS
+
+    def _conv_forward(self, x: Tensor, weight: Tensor, bias: Tensor | None) -> Tensor:
+        if not self._matmul_wgrad(x, weight):
+            return super()._conv_forward(x, weight, bias)
+        dtype = torch.bfloat16  # cast as autocast would (input, weight and bias), then run without it
+        bias = None if bias is None else bias.to(dtype)
+        with torch.autocast("cpu", enabled=False):
+            return _MatmulWeightGradConv2d.apply(x.to(dtype), weight.to(dtype), bias, self.stride, self.padding)
