@@ -1,8 +1,8 @@
 """Conv2d whose weight gradient on small bf16 CPU maps is one matmul over an im2col view.
 
 On a CPU, PyTorch's bf16 convolutions run oneDNN. Its weight-gradient kernel is slow on the UNet's lowest levels
-(8x8 maps, 512-1024 channels, batch 8): ~160-450 GFLOP/s where the same product as a matmul runs ~500-850, while
-its forward and input-gradient kernels are fine there (per-shape timings in docs/performance.md). So ``Conv2d``
+(8x8 maps, 256-1024 channels, batch 8): 2.2-2.3x slower than the same product as a matmul, while its forward and
+input-gradient kernels are fine there (``benchmarks/conv_weight_grad.py``; table in docs/results.md, session 6). So ``Conv2d``
 keeps PyTorch's forward and input gradient and computes the weight gradient as
 
     dW (O, C*kh*kw) = grad_out (O, N*Ho*Wo) @ im2col(x)^T (N*Ho*Wo, C*kh*kw)
