@@ -32,7 +32,7 @@ def test_weight_grad_equals_autograd_of_conv2d(shape, kernel, stride, padding):
     torch.testing.assert_close(got, expected, rtol=1e-12, atol=1e-12)
 
 
-def _pair(cin=16, cout=24, stride=1, seed=0):
+def _pair(cin=16, cout=256, stride=1, seed=0):
     torch.manual_seed(seed)
     ours = Conv2d(cin, cout, 3, stride=stride, padding=1)
     ref = nn.Conv2d(cin, cout, 3, stride=stride, padding=1)
@@ -75,17 +75,17 @@ def test_bf16_weights_without_autocast_take_it_too(monkeypatch):
     assert calls == [1] and ours.weight.grad.dtype == torch.bfloat16
 
 
-@pytest.mark.parametrize("case", ["fp32", "inference", "large map", "disabled"])
+@pytest.mark.parametrize("case", ["fp32", "inference", "long reduction", "few output channels", "disabled"])
 def test_elsewhere_it_is_nn_conv2d_bitwise(monkeypatch, case):
     def fail(*a):
         raise AssertionError("matmul weight gradient taken")
 
     monkeypatch.setattr(conv_mod, "conv2d_weight_grad", fail)
     if case == "disabled":
-        monkeypatch.setattr(conv_mod, "MATMUL_WGRAD_MAX_PIXELS", 0)
-    ours, ref = _pair()
-    side = 16 if case == "large map" else 8  # 16x16 = 256 pixels > 64
-    x = torch.randn(2, 16, side, side)
+        monkeypatch.setattr(conv_mod, "MATMUL_WGRAD_MAX_ROWS", 0)
+    ours, ref = _pair(cout=24 if case == "few output channels" else 256)
+    side = 16 if case == "long reduction" else 8  # 5 * 16 * 16 = 1280 rows > 1024; 5 * 8 * 8 = 320
+    x = torch.randn(5, 16, side, side)
     if case == "inference":
         with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16):
             assert torch.equal(ours(x), ref(x))
@@ -117,8 +117,9 @@ def test_unet_bf16_training_step_matches_the_plain_convolutions(monkeypatch):
             model(x, t).float().square().mean().backward()
         return {n: p.grad.clone() for n, p in model.named_parameters()}
 
+    monkeypatch.setattr(conv_mod, "MATMUL_WGRAD_MIN_OUT_CHANNELS", 1)  # this small UNet's 8x8 level has 64
     got = grads()
-    monkeypatch.setattr(conv_mod, "MATMUL_WGRAD_MAX_PIXELS", 0)
+    monkeypatch.setattr(conv_mod, "MATMUL_WGRAD_MAX_ROWS", 0)
     expected = grads()
     assert got.keys() == expected.keys()
     # the 8x8 level's conv weights took the matmul path (and differ by rounding only); the rest are the same kernels

@@ -1,8 +1,9 @@
-"""Conv2d whose weight gradient on small bf16 CPU maps is one matmul over an im2col view.
+"""Conv2d whose weight gradient, on small bf16 CPU problems, is one matmul over an im2col view.
 
-On a CPU, PyTorch's bf16 convolutions run oneDNN. Its weight-gradient kernel is slow on the UNet's lowest levels
-(8x8 maps, 256-1024 channels, batch 8): 2.2-2.3x slower than the same product as a matmul, while its forward and
-input-gradient kernels are fine there (``benchmarks/conv_weight_grad.py``; table in docs/results.md, session 6). So ``Conv2d``
+On a CPU, PyTorch's bf16 convolutions run oneDNN. Its weight-gradient kernel is slow when the reduction over
+batch and output pixels is short: the UNet's lowest levels at training batch sizes (8x8 maps, batch 8, 256-1024
+channels) run 1.5-2.3x slower than the same product as a matmul, while oneDNN's forward and input-gradient
+kernels are fine there (``benchmarks/conv_weight_grad.py``; tables in docs/results.md, session 6). So ``Conv2d``
 keeps PyTorch's forward and input gradient and computes the weight gradient as
 
     dW (O, C*kh*kw) = grad_out (O, N*Ho*Wo) @ im2col(x)^T (N*Ho*Wo, C*kh*kw)
@@ -10,9 +11,11 @@ keeps PyTorch's forward and input gradient and computes the weight gradient as
 where im2col is one copy of a strided view of the zero-padded input (nothing extra is kept for backward: x is
 what the convolution keeps anyway), and the bias gradient as a sum: asked for the bias gradient, oneDNN's backward
 runs its weight-gradient kernel even when the weight's is not wanted (input + bias 19 ms, input alone 6 ms at
-8x8x512). It applies only where it pays: training in bf16 (autocast, or bf16 weights and input) on a CPU, groups
-1, dilation 1, kernel > 1x1, and an output of at most ``MATMUL_WGRAD_MAX_PIXELS`` pixels; everywhere else this is
-``nn.Conv2d``, bitwise. State-dict keys are those of ``nn.Conv2d``.
+8x8x512). The im2col copy costs C*9 per row and the product O*C*9, so the matmul pays only with many output
+channels and a short reduction: it applies to training in bf16 (autocast, or bf16 weights and input) on a CPU,
+groups 1, dilation 1, kernel > 1x1, N*Ho*Wo <= ``MATMUL_WGRAD_MAX_ROWS`` and O >= ``MATMUL_WGRAD_MIN_OUT_CHANNELS``
+(measured: N*Ho*Wo = 4096 is parity at 256-512 channels and 16384 loses 2x; 64 output channels lose at any
+batch). Everywhere else this is ``nn.Conv2d``, bitwise. State-dict keys are those of ``nn.Conv2d``.
 """
 from __future__ import annotations
 
@@ -20,9 +23,10 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-# Largest Ho * Wo that takes the matmul weight gradient (0 turns it off). 8x8: 2-3x faster weight gradients at
-# 512-1024 channels on the benchmark CPU; at 16x16 oneDNN's kernel wins for 256+ channels, so it stops there.
-MATMUL_WGRAD_MAX_PIXELS = 64
+# Where the matmul weight gradient is used (MAX_ROWS = 0 turns it off): the reduction length N * Ho * Wo at most
+# MAX_ROWS and at least MIN_OUT_CHANNELS output channels (measured per shape in docs/results.md, session 6).
+MATMUL_WGRAD_MAX_ROWS = 1024
+MATMUL_WGRAD_MIN_OUT_CHANNELS = 256
 
 
 def conv2d_weight_grad(x: Tensor, grad: Tensor, kernel: tuple[int, int], stride: tuple[int, int],
@@ -82,11 +86,13 @@ class Conv2d(nn.Conv2d):
             return False
         if self.groups != 1 or self.dilation != (1, 1) or self.padding_mode != "zeros" or isinstance(self.padding, str):
             return False
-        if self.kernel_size == (1, 1) or self._compute_dtype(x, weight) != torch.bfloat16:
+        if self.kernel_size == (1, 1) or self.out_channels < MATMUL_WGRAD_MIN_OUT_CHANNELS:
+            return False
+        if self._compute_dtype(x, weight) != torch.bfloat16:
             return False
         ho = (x.shape[2] + 2 * self.padding[0] - self.kernel_size[0]) // self.stride[0] + 1
         wo = (x.shape[3] + 2 * self.padding[1] - self.kernel_size[1]) // self.stride[1] + 1
-        return ho * wo <= MATMUL_WGRAD_MAX_PIXELS
+        return x.shape[0] * ho * wo <= MATMUL_WGRAD_MAX_ROWS
 
     def _conv_forward(self, x: Tensor, weight: Tensor, bias: Tensor | None) -> Tensor:
         if not self._matmul_wgrad(x, weight):
