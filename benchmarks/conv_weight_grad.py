@@ -39,8 +39,8 @@ LEVEL_8 = [(256, 512), (512, 512), (512, 512), (512, 512), (1024, 512), (1024, 5
 
 
 def per_shape(dtype: torch.dtype, reps: int, scale: int) -> None:
-    print("| batch, output, C -> O, stride | rows N*Ho*Wo | oneDNN ms | matmul ms | GFLOP/s oneDNN / matmul | speed-up |"
-          "\n|---|---:|---:|---:|---|---:|")
+    print("| batch, output, C -> O, stride | rows N*Ho*Wo | oneDNN ms | matmul ms | GFLOP/s oneDNN / matmul "
+          "| speed-up |\n|---|---:|---:|---:|---|---:|")
     for batch, side, c, o, s in SHAPES:
         c, o = max(4, c // scale), max(4, o // scale)
         x = torch.randn(batch, c, side * s, side * s, dtype=dtype)

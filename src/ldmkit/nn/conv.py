@@ -8,11 +8,11 @@ keeps PyTorch's forward and input gradient and computes the weight gradient as
 
     dW (O, C*kh*kw) = grad_out (O, N*Ho*Wo) @ im2col(x)^T (N*Ho*Wo, C*kh*kw)
 
-where im2col is one stack of the kh*kw shifted slices of the zero-padded input (nothing extra is kept for backward: x is
-what the convolution keeps anyway), and the bias gradient as a sum: asked for the bias gradient, oneDNN's backward
-runs its weight-gradient kernel even when the weight's is not wanted (input + bias 19 ms, input alone 6 ms at
-8x8x512). The im2col copy costs C*9 per row and the product O*C*9, so the matmul pays only with many output
-channels and a short reduction: it applies to training in bf16 (autocast, or bf16 weights and input) on a CPU,
+where im2col is one stack of the kh*kw shifted slices of the zero-padded input (nothing extra is kept for
+backward: x is what the convolution keeps anyway), and the bias gradient as a sum: asked for the bias gradient,
+oneDNN's backward runs its weight-gradient kernel even when the weight's is not wanted (input + bias 19 ms, input
+alone 6 ms at 8x8x512). The im2col copy costs C*9 per row and the product O*C*9, so the matmul pays only with many
+output channels and a short reduction: it applies to training in bf16 (autocast, or bf16 weights and input) on a CPU,
 groups 1, dilation 1, kernel > 1x1, N*Ho*Wo <= ``MATMUL_WGRAD_MAX_ROWS`` and O >= ``MATMUL_WGRAD_MIN_OUT_CHANNELS``
 (measured: N*Ho*Wo = 4096 is parity at 256-512 channels and 16384 loses 2x; 64 output channels lose at any
 batch). Everywhere else this is ``nn.Conv2d``, bitwise. State-dict keys are those of ``nn.Conv2d``.
