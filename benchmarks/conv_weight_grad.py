@@ -61,7 +61,8 @@ def level_8(dtype: torch.dtype, batch: int, reps: int, scale: int) -> None:
     torch.manual_seed(0)
     blocks = [ResBlock(i // scale, 512 // scale, o // scale) for i, o in LEVEL_8]
     down = Downsample(256 // scale, True)
-    for p in [p for b in blocks + [down] for p in b.parameters()]:
+    params = [p for b in blocks + [down] for p in b.parameters()]
+    for p in params:
         p.data.normal_(0, 0.02)  # the zero-initialised output convs would make the gradients trivial
     xs = [torch.randn(batch, i // scale, 8, 8) for i, _ in LEVEL_8]
     emb, xd = torch.randn(batch, 512 // scale), torch.randn(batch, 256 // scale, 16, 16)
@@ -73,7 +74,7 @@ def level_8(dtype: torch.dtype, batch: int, reps: int, scale: int) -> None:
                 loss = sum(b(x, emb).float().square().mean() for b, x in zip(blocks, xs))
                 loss = loss + down(xd).float().square().mean()
             loss.backward()
-            for p in [p for b in blocks + [down] for p in b.parameters()]:
+            for p in params:
                 p.grad = None
         return fn
 

@@ -50,15 +50,21 @@ def _step(module, x, autocast):
     return y, x.grad, module.weight.grad, module.bias.grad
 
 
-@pytest.mark.parametrize("stride", [1, 2])
-def test_bf16_autocast_training_takes_the_matmul_weight_grad(monkeypatch, stride):
+@pytest.fixture
+def wgrad_calls(monkeypatch):
+    """Records each call of the matmul weight gradient (which still runs)."""
     calls = []
     monkeypatch.setattr(conv_mod, "conv2d_weight_grad", lambda *a: calls.append(1) or conv2d_weight_grad(*a))
+    return calls
+
+
+@pytest.mark.parametrize("stride", [1, 2])
+def test_bf16_autocast_training_takes_the_matmul_weight_grad(wgrad_calls, stride):
     ours, ref = _pair(stride=stride)
     x = torch.randn(4, 16, 8 * stride, 8 * stride)
     y, gx, gw, gb = _step(ours, x, autocast=True)
     y_ref, gx_ref, gw_ref, gb_ref = _step(ref, x, autocast=True)
-    assert calls == [1]
+    assert wgrad_calls == [1]
     assert y.dtype == y_ref.dtype == torch.bfloat16 and torch.equal(y, y_ref)
     assert gw.dtype == torch.float32 and gb.dtype == torch.float32  # parameters' own dtype, as under autocast
     torch.testing.assert_close(gx, gx_ref, rtol=0, atol=0)
@@ -68,13 +74,11 @@ def test_bf16_autocast_training_takes_the_matmul_weight_grad(monkeypatch, stride
     assert torch.nn.functional.cosine_similarity(gw.flatten(), gw_ref.flatten(), dim=0) > 0.9999
 
 
-def test_bf16_weights_without_autocast_take_it_too(monkeypatch):
-    calls = []
-    monkeypatch.setattr(conv_mod, "conv2d_weight_grad", lambda *a: calls.append(1) or conv2d_weight_grad(*a))
+def test_bf16_weights_without_autocast_take_it_too(wgrad_calls):
     ours, _ = _pair()
     ours.to(torch.bfloat16)
     _step(ours, torch.randn(2, 16, 8, 8, dtype=torch.bfloat16), autocast=False)
-    assert calls == [1] and ours.weight.grad.dtype == torch.bfloat16
+    assert wgrad_calls == [1] and ours.weight.grad.dtype == torch.bfloat16
 
 
 @pytest.mark.parametrize("case", ["fp32", "inference", "long reduction", "few output channels", "disabled"])

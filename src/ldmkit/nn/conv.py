@@ -2,7 +2,7 @@
 
 On a CPU, PyTorch's bf16 convolutions run oneDNN. Its weight-gradient kernel is slow when the reduction over
 batch and output pixels is short: the UNet's lowest levels at training batch sizes (8x8 maps, batch 8, 256-1024
-channels) run 1.5-2.3x slower than the same product as a matmul, while oneDNN's forward and input-gradient
+channels) run 1.5-2.6x slower than the same product as a matmul, while oneDNN's forward and input-gradient
 kernels are fine there (``benchmarks/conv_weight_grad.py``; tables in docs/results.md, session 6). So ``Conv2d``
 keeps PyTorch's forward and input gradient and computes the weight gradient as
 
