@@ -44,6 +44,11 @@ def test_report_records_the_protocol_and_is_re_read(setup, tmp_path, monkeypatch
     assert again["extractor"]["extractor"] == "fmnist-classifier" and len(again["extractor"]["weights_sha256"]) == 64
     assert again["reference"]["data"] == "shapes" and again["reference"]["split"] == "test"
     assert again["versions"]["ldmkit"] and again["n_fake"] == 6
+    # sample health: the samples encoded again against the range of the training latents
+    health = again["health"]
+    assert again["metrics"]["off_manifold"] == health["off_manifold_share"] and 0 <= health["off_manifold_share"] <= 1
+    assert health["n"] == 6 and health["reference_n"] == 64 and "roughness" in health["rule"]
+    assert 0 <= health["heldout_off_share"] <= 1
 
 
 def test_interrupted_eval_resumes_without_recomputing(setup, tmp_path, monkeypatch):

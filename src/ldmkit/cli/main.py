@@ -172,7 +172,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("demo", help="Fashion-MNIST end to end: autoencoder, class-conditional LDM, scored grid")
     p.add_argument("--out", default="runs/demo")
-    p.add_argument("--n-score", type=int, default=100,
+    p.add_argument("--n-score", type=int, default=1000,
                    help="guided samples scored by the classifier (at least the 100 of the grid)")
     p.add_argument("--guidance", type=float, default=5.0)
     p.add_argument("overrides", nargs="*", help="ae.section.key=value or ldm.section.key=value overrides")

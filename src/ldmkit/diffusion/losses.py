@@ -17,7 +17,8 @@ DenoiseFn = Callable[[Tensor, Tensor], Tensor]
 def diffusion_loss(schedule: Schedule, denoise_fn: DenoiseFn, x0: Tensor, *, t: Tensor | None = None,
                    noise: Tensor | None = None, generator: noise_lib.Generators = None,
                    loss_type: Literal["l2", "l1"] = "l2",
-                   snr_gamma: float | None = None) -> tuple[Tensor, dict[str, Any]]:
+                   snr_gamma: float | None = None,
+                   snr_weighting: Literal["min_snr", "min_snr_plus_one"] = "min_snr") -> tuple[Tensor, dict[str, Any]]:
     """Per-sample loss E_{t, eps} || target - denoise_fn(x_t, t) ||, averaged over non-batch dims.
 
     1. t ~ U{0, ..., T-1} and eps ~ N(0, I), unless given (drawn from ``generator``).
@@ -26,7 +27,8 @@ def diffusion_loss(schedule: Schedule, denoise_fn: DenoiseFn, x0: Tensor, *, t: 
        the schedule's parameterization (eps, x0 or v): squared error for "l2", absolute for "l1".
     4. Optional Min-SNR-gamma weighting (Hang et al. 2023, eq. 8): each sample's loss is scaled so
        that it equals min(SNR(t), gamma) times the x0-space error, which stops the easy low-noise
-       steps from dominating and speeds up convergence several-fold in short runs.
+       steps from dominating and speeds up convergence several-fold in short runs. ``snr_weighting``
+       "min_snr_plus_one" uses SNR + 1 in place of SNR (see :func:`min_snr_weight`).
 
     Returns ``(loss (B,), info)`` where info holds ``t``, ``noise``, ``x_t``, ``output`` and ``target``.
     """
@@ -45,21 +47,30 @@ def diffusion_loss(schedule: Schedule, denoise_fn: DenoiseFn, x0: Tensor, *, t: 
     per_elem = diff.square() if loss_type == "l2" else diff.abs()
     loss = per_elem.reshape(batch, -1).mean(dim=1)
     if snr_gamma is not None:
-        loss = loss * min_snr_weight(schedule, t, snr_gamma).to(loss.dtype)
+        loss = loss * min_snr_weight(schedule, t, snr_gamma, plus_one=snr_weighting == "min_snr_plus_one").to(loss.dtype)
     return loss, {"t": t, "noise": noise, "x_t": x_t, "output": output, "target": tgt}
 
 
-def min_snr_weight(schedule: Schedule, t: Tensor, gamma: float) -> Tensor:
+def min_snr_weight(schedule: Schedule, t: Tensor, gamma: float, plus_one: bool = False) -> Tensor:
     """Per-sample Min-SNR weight for the schedule's parameterization (float64 -> caller's dtype).
 
     With SNR = abar / (1 - abar): eps-loss * min(SNR, g) / SNR, x0-loss * min(SNR, g),
-    v-loss * min(SNR, g) / (SNR + 1) all equal min(SNR, g) * ||x0 - x0_hat||^2.
+    v-loss * min(SNR, g) / (SNR + 1) all equal min(SNR, g) * ||x0 - x0_hat||^2, whose weight on the x0
+    error vanishes with the SNR at high noise.
+
+    ``plus_one`` puts SNR + 1 in the place of SNR (diffusers' scripts do so for the v objective): the
+    weight is then min(SNR + 1, g) * ||x0 - x0_hat||^2, at least 1 (for g >= 1) at every noise level, so
+    the x0 estimate is trained where abar is near 0 too; for v that is v-loss * min(SNR + 1, g) / (SNR + 1),
+    which is 1 at high noise.
     """
+    if plus_one and schedule.parameterization == "eps":
+        # eps-loss = SNR x0-loss: a weight >= 1 on the x0 error would be 1 / SNR, ~7,000 at the last step
+        raise ConfigError("snr_weighting min_snr_plus_one: needs the v (or x0) parameterization, not eps")
     abar = schedule.alphas_cumprod.to(t.device)[t]
     snr = abar / (1.0 - abar)
-    clipped = snr.clamp(max=gamma)
-    if schedule.parameterization == "eps":
+    clipped = (snr + 1.0 if plus_one else snr).clamp(max=gamma)
+    if schedule.parameterization == "eps":  # eps-loss = SNR x0-loss
         return clipped / snr
-    if schedule.parameterization == "v":
+    if schedule.parameterization == "v":    # v-loss = (SNR + 1) x0-loss
         return clipped / (snr + 1.0)
     return clipped

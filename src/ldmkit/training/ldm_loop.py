@@ -44,6 +44,8 @@ class LDMTrainConfig(TrainConfig):
     p_uncond: float = 0.1               # condition dropout, so one model also predicts unconditionally (CFG)
     loss_type: Literal["l2", "l1"] = "l2"
     snr_gamma: float = 0.0              # > 0: Min-SNR-gamma loss weighting (5 is the paper's choice); 0 = off
+    # min_snr: Hang et al.; min_snr_plus_one: SNR + 1 in its place (x0 error weighted >= 1 at every noise level)
+    snr_weighting: Literal["min_snr", "min_snr_plus_one"] = "min_snr"
     # use the latent cache (ldmkit cache-latents); in-memory data sets are cached by the first run
     cache_latents: bool = True
     encode_precision: Literal["fp32", "bf16"] = "fp32"   # bf16 encodes ~2.3x faster on AMX CPUs
@@ -61,6 +63,8 @@ class LDMTrainConfig(TrainConfig):
         require(0.0 < self.ema_decay < 1.0, "ema_decay", f"must be in (0, 1), got {self.ema_decay}")
         require(self.eval_every >= 0, "eval_every", f"must be >= 0, got {self.eval_every}")
         require(self.eval_n >= 2, "eval_n", f"must be >= 2 (a covariance), got {self.eval_n}")
+        require(self.snr_weighting in ("min_snr", "min_snr_plus_one"), "snr_weighting",
+                f"expected min_snr or min_snr_plus_one, got {self.snr_weighting!r}")
 
 
 @dataclass
@@ -154,7 +158,8 @@ class DenoiserLoss(nn.Module):
         cond = pipe.condition(values, concat, tuple(z0.shape[-2:]))  # z0: (B, c, h, w)
         with autocast(self.device, tc.precision):
             loss_per, _ = diffusion_loss(pipe.schedule, lambda x, t: pipe.model_fn(x, t, cond), z0,
-                                         generator=generators, loss_type=tc.loss_type, snr_gamma=tc.snr_gamma or None)
+                                         generator=generators, loss_type=tc.loss_type, snr_gamma=tc.snr_gamma or None,
+                                         snr_weighting=tc.snr_weighting)
         return loss_per  # (B,)
 
 
