@@ -54,3 +54,39 @@ def test_concat_cond_recurses_and_checks_structure():
         concat_cond({"a": torch.zeros(1)}, {"b": torch.zeros(1)})
     with pytest.raises(ValueError, match="None"):
         concat_cond(torch.zeros(1), None)
+
+
+def _guided_pair():
+    g = torch.Generator().manual_seed(0)
+    out_u, out_c = torch.randn(3, 4, 5, 5, generator=g), 2.0 * torch.randn(3, 4, 5, 5, generator=g)
+    return out_u, out_c
+
+
+@pytest.mark.parametrize("rescale", [0.0, 0.7, 1.0])
+def test_guidance_rescale_closed_form(rescale):
+    """rescale 1 gives each sample the conditional output's std; 0 is plain guidance; between, the straight mix."""
+    from ldmkit.diffusion.guidance import rescale_guided
+    out_u, out_c = _guided_pair()
+    guided = out_u + 5.0 * (out_c - out_u)
+    got = rescale_guided(guided, out_c, rescale)
+    fully = guided * out_c.std(dim=(1, 2, 3), keepdim=True) / guided.std(dim=(1, 2, 3), keepdim=True)
+    torch.testing.assert_close(got, rescale * fully + (1 - rescale) * guided)
+    if rescale == 1.0:
+        torch.testing.assert_close(got.std(dim=(1, 2, 3)), out_c.std(dim=(1, 2, 3)))
+
+
+def test_guidance_rescale_matches_diffusers():
+    sd = pytest.importorskip("diffusers.pipelines.stable_diffusion.pipeline_stable_diffusion")
+    out_u, out_c = _guided_pair()
+    model = lambda x, t, cond: out_c if cond["context"][0, 0] > 0 else out_u  # noqa: E731
+    cond, uncond = {"context": torch.ones(3, 1)}, {"context": -torch.ones(3, 1)}
+    both = lambda x, t, c: torch.cat([model(None, None, {"context": c["context"][:3]}),  # noqa: E731
+                                      model(None, None, {"context": c["context"][3:]})])
+    got = cfg_denoise(both, cond, uncond, 7.5, rescale=0.7)(torch.zeros(3, 4, 5, 5), torch.zeros(3))
+    want = sd.rescale_noise_cfg(out_u + 7.5 * (out_c - out_u), out_c, guidance_rescale=0.7)
+    torch.testing.assert_close(got, want)
+
+
+def test_guidance_rescale_out_of_range_is_refused():
+    with pytest.raises(ValueError, match=r"guidance_rescale: expected a number in \[0, 1\], got 1.5"):
+        cfg_denoise(lambda x, t, c: x, None, None, 3.0, rescale=1.5)

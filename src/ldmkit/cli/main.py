@@ -125,6 +125,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="timestep spacing (default: uniform for ddim / plms, linspace for the sigma-space samplers)")
     p.add_argument("--karras", action="store_true", help="Karras sigmas (euler, euler_a, heun, dpmpp_2m)")
     p.add_argument("--guidance", type=float, default=3.0, help="classifier-free guidance scale (1 = off)")
+    p.add_argument("--guidance-rescale", type=float, default=0.0,
+                   help="0-1: take back the over-exposure of large guidance scales (Lin et al. 2023; 0.7 is theirs)")
     _add_classifier_args(p)
     p.add_argument("--seed", type=int, default=0, help="image k gets seed + k")
     p.add_argument("--batch-size", type=int, default=100)

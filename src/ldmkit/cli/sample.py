@@ -130,14 +130,15 @@ def sample_command(args: argparse.Namespace) -> None:
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     settings = {"checkpoint": str(args.checkpoint), "sampler": sampler_name(args.sampler), "steps": args.steps,
-                "guidance": args.guidance, **options}
+                "guidance": args.guidance, "guidance_rescale": args.guidance_rescale, **options}
     if guide:
         settings |= {"classifier": str(args.classifier), "classifier_scale": args.classifier_scale}
     images = []
     for start in range(0, len(items), args.batch_size):
         chunk = items[start:start + args.batch_size]
         seeds = [args.seed + start + k for k in range(len(chunk))]
-        x = pipe(**_stack(chunk), num_inference_steps=args.steps, guidance_scale=args.guidance, sampler=args.sampler,
+        x = pipe(**_stack(chunk), num_inference_steps=args.steps, guidance_scale=args.guidance,
+                 guidance_rescale=args.guidance_rescale, sampler=args.sampler,
                  seeds=seeds, height=args.size, width=args.size, output_type="pt", decode_tile=args.decode_tile,
                  **guide, **options)
         for k, (img, seed, item) in enumerate(zip(x, seeds, chunk)):

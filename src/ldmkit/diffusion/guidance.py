@@ -35,19 +35,34 @@ def concat_cond(a: Any, b: Any, key: str = "cond") -> Any:
     raise ValueError(f"{key}: cannot batch cond of type {type(a).__name__} with uncond of type {type(b).__name__}")
 
 
-def cfg_denoise(model_fn: ModelFn, cond: Any, uncond: Any, scale: float) -> DenoiseFn:
+def rescale_guided(guided: Tensor, cond_out: Tensor, rescale: float) -> Tensor:
+    """Guidance rescale (Lin et al. 2023, "Common diffusion noise schedules and sample steps are flawed",
+    eq. 15-16): scale each sample's guided output to the standard deviation of its conditional output, then
+    mix ``rescale`` of that with ``1 - rescale`` of the plain guided output. Large guidance scales inflate the
+    prediction's spread, which over-exposes the sample; this takes the inflation back while keeping the
+    guided direction. Applied to the raw model output, as diffusers' ``guidance_rescale`` does."""
+    dims = tuple(range(1, guided.ndim))
+    std_c, std_g = cond_out.std(dim=dims, keepdim=True), guided.std(dim=dims, keepdim=True)
+    return rescale * guided * (std_c / std_g) + (1 - rescale) * guided
+
+
+def cfg_denoise(model_fn: ModelFn, cond: Any, uncond: Any, scale: float, rescale: float = 0.0) -> DenoiseFn:
     """A ``denoise_fn(x, t)`` running ``model_fn(x, t, cond)`` with classifier-free guidance.
 
     With ``scale == 1`` the unconditional half is skipped: one call on the batch, returning
     exactly the conditional output. Otherwise one call on a doubled batch [uncond; cond] (the
-    original's ordering) gives out_u + scale * (out_c - out_u).
+    original's ordering) gives out_u + scale * (out_c - out_u), with ``rescale`` > 0 passed through
+    :func:`rescale_guided`.
     """
+    if not 0.0 <= rescale <= 1.0:
+        raise ValueError(f"guidance_rescale: expected a number in [0, 1], got {rescale}")
     if scale == 1:
         return lambda x, t: model_fn(x, t, cond)
     both = concat_cond(uncond, cond)
 
     def denoise_fn(x: Tensor, t: Tensor) -> Tensor:
         out_u, out_c = model_fn(torch.cat([x, x]), torch.cat([t, t]), both).chunk(2)
-        return out_u + scale * (out_c - out_u)
+        guided = out_u + scale * (out_c - out_u)
+        return rescale_guided(guided, out_c, rescale) if rescale > 0 else guided
 
     return denoise_fn
