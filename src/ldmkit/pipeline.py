@@ -309,7 +309,8 @@ class Pipeline(nn.Module):
         model without an inpainting concat condition re-imposes the known region at every step and pastes
         the known pixels into the output (strength default 1: the fill starts from pure noise).
         ``latents`` replaces the seeded start noise (e.g. the output of :meth:`invert`); ``output_type``
-        is "pil", "pt" (images in [-1, 1]) or "latent".
+        is "pil", "pt" (images in [-1, 1]), "latent", or "pt+latent" (both: images and the sampler's latents,
+        which the sample-health rule judges).
 
         Classifier guidance: ``classifier`` (a module or a ``train-classifier`` file) steers every step
         towards ``class_labels`` with strength ``classifier_scale`` (0 = off; the original LDM's ImageNet
@@ -366,6 +367,8 @@ class Pipeline(nn.Module):
             images = paste_known(images, inputs.image, inputs.repaint_mask)
         if output_type == "pt":
             return images
+        if output_type == "pt+latent":
+            return images, z
         return [to_pil(x) for x in images]
 
     @torch.no_grad()

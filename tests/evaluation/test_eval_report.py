@@ -8,7 +8,9 @@ import torch
 from ldmkit.cli.main import main
 from ldmkit.config import load_config
 from ldmkit.evaluation.classifier import FashionClassifier
+from ldmkit.evaluation.generation import load_latents
 from ldmkit.evaluation.report import evaluate
+from ldmkit.pipeline import Pipeline
 from ldmkit.training.autoencoder_loop import AutoencoderRunConfig, train_autoencoder
 from ldmkit.training.ldm_loop import LDMRunConfig, train_ldm
 
@@ -22,6 +24,10 @@ def setup(tmp_path_factory):
     torch.manual_seed(0)
     torch.save(FashionClassifier().eval().state_dict(), weights)  # random features: the protocol is under test
     return pipe, weights, root
+
+
+def pipe_latent_shape(setup):
+    return tuple(Pipeline.load(setup[0]).cfg.latent_shape)
 
 
 def run(setup, out, **kw):
@@ -44,11 +50,15 @@ def test_report_records_the_protocol_and_is_re_read(setup, tmp_path, monkeypatch
     assert again["extractor"]["extractor"] == "fmnist-classifier" and len(again["extractor"]["weights_sha256"]) == 64
     assert again["reference"]["data"] == "shapes" and again["reference"]["split"] == "test"
     assert again["versions"]["ldmkit"] and again["n_fake"] == 6
-    # sample health: the samples encoded again against the range of the training latents
+    # sample health: the sampler's own latents (kept in the batch files) against the training latents' range
     health = again["health"]
     assert again["metrics"]["off_manifold"] == health["off_manifold_share"] and 0 <= health["off_manifold_share"] <= 1
     assert health["n"] == 6 and health["reference_n"] == 64 and "roughness" in health["rule"]
-    assert 0 <= health["heldout_off_share"] <= 1
+    assert health["measured_on"] == "the sampler's latents" and 0 <= health["heldout_off_share"] <= 1
+    latents = load_latents(tmp_path / "a" / "samples", 6, 4)
+    assert latents.shape == (6, *pipe_latent_shape(setup))
+    images = np.concatenate([np.load(b)["images"] for b in sorted((tmp_path / "a" / "samples").glob("batch_*.npz"))])
+    assert images.shape[0] == 6  # one latent per stored image, in the same order
 
 
 def test_interrupted_eval_resumes_without_recomputing(setup, tmp_path, monkeypatch):

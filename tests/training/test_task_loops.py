@@ -99,6 +99,9 @@ def test_eval_task_reports_the_metric_beside_its_baseline(trained, task, tmp_pat
     expected = {"text": "real_images_accuracy", "layout": "real_images_mean_iou", "semantic": "real_images_miou",
                 "sr": "bicubic_psnr", "inpaint": "mean_fill_psnr_inside"}[task]
     assert expected in report["metrics"], report["metrics"]
+    # the sample-health rule on the sampler's latents, as `ldmkit eval` reports it
+    assert report["health"]["n"] == 3 and report["health"]["measured_on"] == "the sampler's latents"
+    assert report["metrics"]["off_manifold"] == report["health"]["off_manifold_share"]
     assert (tmp_path / "grid.png").is_file()
 
 

@@ -96,8 +96,10 @@ def _call_inputs(pipe, proto: SampleProtocol, indices: list[int], dataset) -> di
 
 
 @torch.no_grad()
-def sample_batch(pipe, proto: SampleProtocol, indices: list[int], dataset=None, classifier=None) -> torch.Tensor:
-    """Images ``indices`` of the protocol, (B, C, H, W) in [-1, 1]."""
+def sample_batch(pipe, proto: SampleProtocol, indices: list[int], dataset=None, classifier=None,
+                 with_latents: bool = False) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
+    """Images ``indices`` of the protocol, (B, C, H, W) in [-1, 1]; with ``with_latents`` also the sampler's
+    latents (B, c, h, w), which the sample-health rule judges."""
     # every sampler that takes eta (any alias of DDIM, euler_a) gets the protocol's
     options = {"eta": proto.eta} if "eta" in sampler_options(proto.sampler) else {}
     if proto.classifier_sha256:
@@ -106,13 +108,14 @@ def sample_batch(pipe, proto: SampleProtocol, indices: list[int], dataset=None, 
         options |= {"classifier": classifier, "classifier_scale": proto.classifier_scale}
     return pipe(**_call_inputs(pipe, proto, indices, dataset), num_inference_steps=proto.steps,
                 guidance_scale=proto.guidance_scale, sampler=proto.sampler, seeds=[proto.seed + k for k in indices],
-                output_type="pt", **options)
+                output_type="pt+latent" if with_latents else "pt", **options)
 
 
 @torch.no_grad()
 def generate_images(pipe, proto: SampleProtocol, out_dir: Path, dataset=None,
                     progress: Callable[[int, int], None] | None = None, classifier=None) -> np.ndarray:
-    """All ``proto.n`` images as uint8 (N, H, W, C); finished batches in ``out_dir`` are reused."""
+    """All ``proto.n`` images as uint8 (N, H, W, C); finished batches in ``out_dir`` are reused. Each batch file
+    also keeps the sampler's latents (float16, read by :func:`load_latents`)."""
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     record = out_dir / "protocol.json"
@@ -128,18 +131,31 @@ def generate_images(pipe, proto: SampleProtocol, out_dir: Path, dataset=None,
         if path.is_file():
             parts.append(np.load(path)["images"])
         else:
-            images = to_uint8(sample_batch(pipe, proto, indices, dataset, classifier))  # (B, H, W, C)
+            x, z = sample_batch(pipe, proto, indices, dataset, classifier, with_latents=True)
+            images, latents = to_uint8(x), z.cpu().half().numpy()  # (B, H, W, C), (B, c, h, w)
             # atomic: a killed run never leaves a half-written batch
-            atomic_write(path, lambda tmp: _save_npz(tmp, images))
+            atomic_write(path, lambda tmp: _save_npz(tmp, images, latents))
             parts.append(images)
         if progress:
             progress(indices[-1] + 1, proto.n)
     return np.concatenate(parts)
 
 
-def _save_npz(path, images: np.ndarray) -> None:
+def _save_npz(path, images: np.ndarray, latents: np.ndarray) -> None:
     with open(path, "wb") as f:
-        np.savez(f, images=images)
+        np.savez(f, images=images, latents=latents)
+
+
+def load_latents(out_dir: Path, n: int, batch_size: int) -> torch.Tensor | None:
+    """The sampler's latents of the ``n`` images :func:`generate_images` wrote to ``out_dir`` (float32), or None
+    when a batch file predates them (written before the files kept latents)."""
+    parts = []
+    for start in range(0, n, batch_size):
+        with np.load(Path(out_dir) / f"batch_{start:07d}.npz") as f:
+            if "latents" not in f:
+                return None
+            parts.append(torch.from_numpy(f["latents"]).float())
+    return torch.cat(parts)
 
 
 def images_to_tensor(images: np.ndarray) -> torch.Tensor:

@@ -20,7 +20,9 @@ from .. import __version__
 from ..data import build_dataset
 from ..diffusion import sampler_name
 from ..weights import atomic_write, file_digest
-from .generation import SampleProtocol, eval_batch, generate_images, images_to_tensor, model_data_config, protocol_eta
+from .generation import (SampleProtocol, eval_batch, generate_images, images_to_tensor, load_latents,
+                         model_data_config, protocol_eta)
+from .health import sample_health
 from .tasks import MIoU, caption_accuracy, inpainting_report, mean_layout_iou, segment_shapes, sr_report
 
 
@@ -94,6 +96,10 @@ def evaluate_task(checkpoint: str, *, n: int = 500, seed: int = 0, steps: int = 
     report = {"task": task_name(pipe.cfg), "checkpoint": str(path), "protocol": asdict(proto),
               "metrics": task_metrics(pipe, fake, batch, clf), "data": asdict(data_cfg), "ldmkit": __version__,
               "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")}
+    latents = load_latents(out / "samples", n, batch_size)
+    if latents is not None:  # the same sample-health rule as `ldmkit eval` (batches written before it: skipped)
+        report["health"] = sample_health(pipe, latents, data_cfg)
+        report["metrics"]["off_manifold"] = report["health"]["off_manifold_share"]
     out.mkdir(parents=True, exist_ok=True)
     atomic_write(out / "report.json", lambda tmp: Path(tmp).write_text(json.dumps(report, indent=1)))
     from ..imageio import save_grid
