@@ -55,11 +55,9 @@ class _FixedPipe:
         self.cfg = type("C", (), {"conditioner": type("K", (), {"num_classes": 2})()})()
         self.device = torch.device("cpu")
 
-    def __call__(self, class_labels, **kw):
-        return torch.stack([self.images[c] for c in class_labels])
-
-    def decode_latents(self, z):
-        return z
+    def __call__(self, class_labels, output_type="pt", **kw):
+        x = torch.stack([self.images[c] for c in class_labels])
+        return (x, x) if output_type == "pt+latent" else x  # its "latents" are the images
 
 
 def test_conditional_accuracy_counts_rejections_as_wrong():

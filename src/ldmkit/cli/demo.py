@@ -21,7 +21,7 @@ from ..evaluation.class_accuracy import conditional_accuracy, per_class_fd
 from ..evaluation.classifier import load_or_train_fashion_classifier
 from ..evaluation.features import FashionExtractor, extract
 from ..evaluation.health import RULE, fit_range
-from ..evaluation.metrics import feature_statistics, frechet_distance
+from ..evaluation.metrics import features_fd
 from ..evaluation.scorer import NONE_LABEL, load_or_train_scorer
 from ..imageio import save_grid
 from ..pipeline import Pipeline
@@ -129,8 +129,6 @@ def _fd_report(classifier, score: dict, test_data, num_classes: int) -> dict:
     fake = extract(fx, score["all_images"], batch_size=500)
     real = extract(fx, test_data.images_tensor(), batch_size=500)
     real_labels = test_data.labels_tensor().numpy()
-    mu1, s1 = feature_statistics(fake)
-    mu2, s2 = feature_statistics(real)
-    return {"fd_fmnist": frechet_distance(mu1, s1, mu2, s2),
+    return {"fd_fmnist": features_fd(fake, real),
             "per_class_fd": per_class_fd(fake, score["all_labels"].numpy(), real, real_labels, num_classes)}
 

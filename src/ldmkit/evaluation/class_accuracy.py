@@ -12,7 +12,7 @@ import torch
 from torch import nn
 
 from .health import LatentRange
-from .metrics import feature_statistics, frechet_distance
+from .metrics import features_fd
 
 
 @torch.no_grad()
@@ -30,10 +30,9 @@ def conditional_accuracy(pipe, classifier: nn.Module, n: int = 1000, guidance_sc
     classifier = classifier.to(pipe.device).eval()
     for start in range(0, n, batch_size):
         chunk = labels[start:start + batch_size]
-        z = pipe(class_labels=chunk.tolist(), num_inference_steps=steps, guidance_scale=guidance_scale,
-                 sampler=sampler, seeds=list(range(seed + start, seed + start + len(chunk))), output_type="latent",
-                 **options)
-        x = pipe.decode_latents(z).clamp(-1, 1)  # what output_type="pt" gives a class-conditional model
+        x, z = pipe(class_labels=chunk.tolist(), num_inference_steps=steps, guidance_scale=guidance_scale,
+                    sampler=sampler, seeds=list(range(seed + start, seed + start + len(chunk))),
+                    output_type="pt+latent", **options)
         preds.append(classifier(x).argmax(1).cpu())
         if latent_range is not None:
             healthy.append(latent_range.healthy(z.cpu()))
@@ -63,10 +62,4 @@ def conditional_accuracy(pipe, classifier: nn.Module, n: int = 1000, guidance_sc
 def per_class_fd(fake: np.ndarray, fake_labels: np.ndarray, real: np.ndarray, real_labels: np.ndarray,
                  num_classes: int) -> list[float]:
     """Frechet distance of each class's sample features against the real features of that class."""
-    out = []
-    for c in range(num_classes):
-        f, r = fake[fake_labels == c], real[real_labels == c]
-        mu1, s1 = feature_statistics(f)
-        mu2, s2 = feature_statistics(r)
-        out.append(frechet_distance(mu1, s1, mu2, s2))
-    return out
+    return [features_fd(fake[fake_labels == c], real[real_labels == c]) for c in range(num_classes)]

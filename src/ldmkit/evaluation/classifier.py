@@ -73,6 +73,19 @@ def _augment(x: torch.Tensor, gen: torch.Generator, max_shift: int) -> torch.Ten
     return torch.where(flip[:, None, None, None], x.flip(-1), x)
 
 
+def train_step(model: nn.Module, opt, sched, x: torch.Tensor, y: torch.Tensor, bf16: bool,
+               label_smoothing: float = 0.0) -> torch.Tensor:
+    """One cross-entropy step (forward in bf16 autocast when asked, loss in float32); returns the loss."""
+    with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
+        logits = model(x)
+    loss = F.cross_entropy(logits.float(), y, label_smoothing=label_smoothing)
+    opt.zero_grad(set_to_none=True)
+    loss.backward()
+    opt.step()
+    sched.step()
+    return loss
+
+
 def train_classifier(train_x: torch.Tensor, train_y: torch.Tensor, recipe: dict | None = None,
                      log=print) -> FashionClassifier:
     recipe = recipe or RECIPE
@@ -89,14 +102,8 @@ def train_classifier(train_x: torch.Tensor, train_y: torch.Tensor, recipe: dict 
         order = torch.randperm(len(train_x), generator=gen)
         for i in range(steps_per_epoch):
             idx = order[i * recipe["batch_size"]:(i + 1) * recipe["batch_size"]]
-            x = _augment(train_x[idx], gen, recipe["shift"])
-            with torch.autocast("cpu", dtype=torch.bfloat16, enabled=recipe["precision"] == "bf16"):
-                logits = model(x)
-            loss = F.cross_entropy(logits.float(), train_y[idx], label_smoothing=recipe["label_smoothing"])
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            opt.step()
-            sched.step()
+            loss = train_step(model, opt, sched, _augment(train_x[idx], gen, recipe["shift"]), train_y[idx],
+                              recipe["precision"] == "bf16", recipe["label_smoothing"])
         log(f"classifier epoch {epoch + 1}/{recipe['epochs']}: loss {float(loss.detach()):.3f} ({time.perf_counter() - t0:.0f} s)")
     return model.eval()
 

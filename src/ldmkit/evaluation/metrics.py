@@ -71,6 +71,11 @@ def frechet_distance(mu1: np.ndarray, sigma1: np.ndarray, mu2: np.ndarray, sigma
     return float(diff @ diff + np.trace(s1) + np.trace(s2) - 2.0 * tr_covmean)
 
 
+def features_fd(fake: ArrayLike, real: ArrayLike) -> float:
+    """The Frechet distance between two feature sets (N, D): their statistics, then :func:`frechet_distance`."""
+    return frechet_distance(*feature_statistics(fake), *feature_statistics(real))
+
+
 def _polynomial_kernel(x: np.ndarray, y: np.ndarray, degree: int, gamma: float, coef0: float) -> np.ndarray:
     return (gamma * (x @ y.T) + coef0) ** degree
 

@@ -18,7 +18,7 @@ import torch
 import torch.nn.functional as F
 
 from ..weights import load_release, save_release
-from .classifier import RECIPE, FashionClassifier, cache_dir, load_or_train_fashion_classifier
+from .classifier import RECIPE, FashionClassifier, cache_dir, load_or_train_fashion_classifier, train_step
 
 NONE_LABEL = "none of these"
 SCORER_RECIPE = {"base": RECIPE, "steps": 250, "batch_size": 128, "junk_share": 0.25, "lr": 1e-3, "seed": 1,
@@ -83,13 +83,7 @@ def train_scorer(base: FashionClassifier, train_x: torch.Tensor, train_y: torch.
         real = torch.where(flip[:, None, None, None], train_x[idx].flip(-1), train_x[idx])
         x = torch.cat([real, junk_images(n_junk, gen, train_x.shape[-1])])
         y = torch.cat([train_y[idx], torch.full((n_junk,), 10, dtype=torch.long)])
-        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=RECIPE["precision"] == "bf16"):
-            logits = model(x)
-        loss = F.cross_entropy(logits.float(), y)
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        opt.step()
-        sched.step()
+        loss = train_step(model, opt, sched, x, y, RECIPE["precision"] == "bf16")
     log(f"scorer: {recipe['steps']} steps, loss {float(loss.detach()):.3f} ({time.perf_counter() - t0:.0f} s)")
     return model.eval()
 
