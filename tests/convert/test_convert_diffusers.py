@@ -39,6 +39,9 @@ pytestmark = pytest.mark.usefixtures("one_thread")  # tiny models: one intra-op 
 UNETS = {
     "context": dict(attention_resolutions=(2,), num_heads=2, context_dim=16),
     "no_context": dict(attention_resolutions=(1,), num_head_channels=16),
+    # SD 2.x: Linear proj_in / proj_out, 16-wide heads (diffusers' per-level head counts), upcast attention
+    "linear": dict(attention_resolutions=(1, 2), num_head_channels=16, context_dim=16, use_linear_in_transformer=True,
+                   upcast_attention=True),
     "legacy": dict(attention_resolutions=(1, 2), num_head_channels=16, use_spatial_transformer=False,
                    num_classes=4, use_scale_shift_norm=True),
 }
@@ -164,14 +167,14 @@ def test_config_mapping_and_refusals():
 
 
 # ------------------------------------------------------------------------------------------------ parity
-@pytest.mark.parametrize("unet, kind", [("context", "kl"), ("no_context", "kl"), ("legacy", "vq")])
+@pytest.mark.parametrize("unet, kind", [("context", "kl"), ("no_context", "kl"), ("linear", "kl"), ("legacy", "vq")])
 def test_export_matches_diffusers_from_pretrained(tmp_path, unet, kind):
     diffusers = pytest.importorskip("diffusers")
     pipe = tiny_pipeline(unet, kind)
     folder = export_diffusers(pipe, tmp_path / "pipe")
     index = json.loads((folder / "model_index.json").read_text())
     vae_name, vae_cls = ("vae", "AutoencoderKL") if kind == "kl" else ("vqvae", "VQModel")
-    assert index[vae_name] == ["diffusers", vae_cls] and ("conditioner" in index) == (unet == "context")
+    assert index[vae_name] == ["diffusers", vae_cls] and ("conditioner" in index) == ("context_dim" in UNETS[unet])
     cls = diffusers.UNet2DModel if unet == "legacy" else diffusers.UNet2DConditionModel
     theirs = cls.from_pretrained(folder / "unet", low_cpu_mem_usage=False).eval()
     x, t, ctx, y = unet_inputs(pipe.cfg.unet)

@@ -29,8 +29,8 @@ UNET_COMMON_FIXED = {"center_input_sample": (False,), "flip_sin_to_cos": (True,)
 UNET_COND_FIXED = UNET_COMMON_FIXED | {
     "mid_block_type": ("UNetMidBlock2DCrossAttn",), "only_cross_attention": (False,),
     "reverse_transformer_layers_per_block": (None,), "encoder_hid_dim": (None,), "encoder_hid_dim_type": (None,),
-    "num_attention_heads": (None,), "dual_cross_attention": (False,), "use_linear_projection": (False,),
-    "addition_embed_type": (None,), "addition_time_embed_dim": (None,), "upcast_attention": ANY,
+    "num_attention_heads": (None,), "dual_cross_attention": (False,),
+    "addition_embed_type": (None,), "addition_time_embed_dim": (None,),
     "resnet_skip_time_act": (False,), "resnet_out_scale_factor": (1.0, 1), "time_embedding_act_fn": (None,),
     "timestep_post_act": (None,), "time_cond_proj_dim": (None,), "conv_in_kernel": (3,), "conv_out_kernel": (3,),
     "projection_class_embeddings_input_dim": (None,), "attention_type": ("default",),
@@ -43,7 +43,8 @@ UNET_PLAIN_FIXED = UNET_COMMON_FIXED | {"mid_block_type": ("UNetMidBlock2D",), "
 UNET_COND_MAPPED = {"in_channels": 4, "out_channels": 4, "block_out_channels": None, "down_block_types": None,
                     "up_block_types": None, "layers_per_block": 2, "dropout": 0.0, "norm_num_groups": 32,
                     "cross_attention_dim": 1280, "transformer_layers_per_block": 1, "attention_head_dim": 8,
-                    "num_class_embeds": None, "resnet_time_scale_shift": "default"}
+                    "num_class_embeds": None, "resnet_time_scale_shift": "default",
+                    "use_linear_projection": False, "upcast_attention": False}
 UNET_PLAIN_MAPPED = {"in_channels": 3, "out_channels": 3, "block_out_channels": None, "down_block_types": None,
                      "up_block_types": None, "layers_per_block": 2, "dropout": 0.0, "norm_num_groups": 32,
                      "attention_head_dim": 8, "num_class_embeds": None, "resnet_time_scale_shift": "default"}
@@ -156,8 +157,8 @@ def unet_config_to_diffusers(cfg: UNetConfig, sample_size: int) -> dict[str, Any
               "down_block_types": ["CrossAttnDownBlock2D" if a else "DownBlock2D" for a in attn],
               "up_block_types": ["CrossAttnUpBlock2D" if a else "UpBlock2D" for a in reversed(attn)],
               "attention_head_dim": heads,
-              "transformer_layers_per_block": cfg.transformer_depth, "use_linear_projection": False,
-              "upcast_attention": False,
+              "transformer_layers_per_block": cfg.transformer_depth,
+              "use_linear_projection": cfg.use_linear_in_transformer, "upcast_attention": cfg.upcast_attention,
               # no context: attn2 attends to the tokens themselves, so its key width is the block width
               "cross_attention_dim": cfg.context_dim if cfg.context_dim is not None else widths}
     else:
@@ -200,6 +201,8 @@ def unet_config_from_diffusers(d: dict[str, Any], where: str = "unet/config.json
         # only the levels with attention and the middle (= the last level's entry) matter
         used = [(w, h) for w, h, a in zip(widths, heads_per_level, attn) if a] + [(widths[-1], heads_per_level[-1])]
         kw |= _heads(used, where)
+        kw |= {"use_linear_in_transformer": bool(m["use_linear_projection"]),
+               "upcast_attention": bool(m["upcast_attention"])}
         kw["transformer_depth"] = _uniform(m["transformer_layers_per_block"], n,
                                            f"{where}: transformer_layers_per_block")
         ctx = m["cross_attention_dim"]

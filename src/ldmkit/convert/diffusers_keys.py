@@ -56,7 +56,7 @@ def _unet_resblock(out: list[KeyPair], ours: str, theirs: str, ch_in: int, ch_ou
 
 
 def _spatial_transformer(out: list[KeyPair], ours: str, theirs: str, depth: int) -> None:
-    # diffusers' Transformer2DModel (use_linear_projection=False) keeps the original's names and shapes
+    # diffusers' Transformer2DModel keeps the original's names and shapes (Linear proj_in / proj_out for SD 2.x alike)
     _rename(out, ours, theirs, {"norm": "norm", "proj_in": "proj_in", "proj_out": "proj_out"})
     for d in range(depth):
         block = f"transformer_blocks.{d}"

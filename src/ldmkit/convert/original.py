@@ -66,7 +66,7 @@ UNET_REQUIRED = ("in_channels", "out_channels", "model_channels", "attention_res
 UNET_OPTIONAL = {"channel_mult": (1, 2, 4, 8), "num_heads": -1, "num_head_channels": -1, "dropout": 0.0,
                  "use_scale_shift_norm": False, "resblock_updown": False, "conv_resample": True,
                  "use_spatial_transformer": False, "transformer_depth": 1, "context_dim": None,
-                 "num_classes": None, "legacy": True}
+                 "num_classes": None, "legacy": True, "use_linear_in_transformer": False}
 DDCONFIG_REQUIRED = ("double_z", "z_channels", "resolution", "in_channels", "out_ch", "ch", "ch_mult",
                      "num_res_blocks", "attn_resolutions")
 

@@ -41,8 +41,11 @@ class MatmulAttention(torch.autograd.Function):
         return grad_q, grad_k, grad_v, None
 
 
-def attention(q: Tensor, k: Tensor, v: Tensor) -> Tensor:
+def attention(q: Tensor, k: Tensor, v: Tensor, upcast: bool = False) -> Tensor:
     """softmax(q k^T / sqrt(d)) v for q (..., N, d), k and v (..., M, d) -> (..., N, d).
+
+    ``upcast``: half-precision inputs are attended in float32 and the result cast back (SD 2.x's
+    ``upcast_attention``: its 768-v UNet's attention logits overflow float16).
 
     ``F.scaled_dot_product_attention``, except for half-precision training on a CPU (bf16 autocast): there the
     flash kernel's backward is 2-7x slower than matmuls at UNet sizes (8 heads of 32-64 channels, 64-256 queries,
@@ -51,6 +54,8 @@ def attention(q: Tensor, k: Tensor, v: Tensor) -> Tensor:
     are rounded to the input dtype before the second matmul, as the original's einsum under autocast. float32
     training (where SDPA is as fast), inference and accelerators keep SDPA.
     """
+    if upcast and q.dtype in (torch.float16, torch.bfloat16):
+        return F.scaled_dot_product_attention(q.float(), k.float(), v.float()).to(q.dtype)
     if (q.device.type == "cpu" and q.dtype in (torch.bfloat16, torch.float16) and q.dtype == k.dtype == v.dtype
             and torch.is_grad_enabled() and (q.requires_grad or k.requires_grad or v.requires_grad)):
         return MatmulAttention.apply(q, k, v, q.shape[-1] ** -0.5)
@@ -92,11 +97,13 @@ class CrossAttention(nn.Module):
     features (``query_dim`` when None). ``to_out`` is [Linear, Dropout] to keep the ``to_out.0`` key.
     """
 
-    def __init__(self, query_dim: int, context_dim: int | None = None, heads: int = 8, dim_head: int = 64, dropout: float = 0.0):
+    def __init__(self, query_dim: int, context_dim: int | None = None, heads: int = 8, dim_head: int = 64,
+                 dropout: float = 0.0, upcast: bool = False):
         super().__init__()
         inner = heads * dim_head
         context_dim = context_dim or query_dim
         self.heads = heads
+        self.upcast = upcast
         self.to_q = nn.Linear(query_dim, inner, bias=False)
         self.to_k = nn.Linear(context_dim, inner, bias=False)
         self.to_v = nn.Linear(context_dim, inner, bias=False)
@@ -121,7 +128,7 @@ class CrossAttention(nn.Module):
     def forward(self, x: Tensor, context: Tensor | None = None) -> Tensor:
         q = self._split_heads(self.to_q(x))  # (B, heads, N, d)
         k, v = self._keys_values(x if context is None else context, context is not None)  # (B, heads, M, d)
-        out = attention(q, k, v)  # (B, heads, N, d)
+        out = attention(q, k, v, self.upcast)  # (B, heads, N, d)
         out = out.transpose(1, 2).flatten(2)  # (B, N, inner)
         return self.to_out(out)  # (B, N, query_dim)
 
@@ -171,12 +178,13 @@ class FeedForward(nn.Module):
 class BasicTransformerBlock(nn.Module):
     """Pre-LayerNorm block: self-attention, cross-attention to ``context``, GEGLU feed-forward."""
 
-    def __init__(self, dim: int, heads: int, dim_head: int, context_dim: int | None = None, dropout: float = 0.0):
+    def __init__(self, dim: int, heads: int, dim_head: int, context_dim: int | None = None, dropout: float = 0.0,
+                 upcast: bool = False):
         super().__init__()
         # Construction order follows the original (attn1, ff, attn2, norms) so state_dict order matches too.
-        self.attn1 = CrossAttention(dim, None, heads, dim_head, dropout)
+        self.attn1 = CrossAttention(dim, None, heads, dim_head, dropout, upcast)
         self.ff = FeedForward(dim, dropout=dropout)
-        self.attn2 = CrossAttention(dim, context_dim, heads, dim_head, dropout)
+        self.attn2 = CrossAttention(dim, context_dim, heads, dim_head, dropout, upcast)
         self.norm1 = nn.LayerNorm(dim)
         self.norm2 = nn.LayerNorm(dim)
         self.norm3 = nn.LayerNorm(dim)
@@ -193,6 +201,9 @@ class SpatialTransformer(nn.Module):
     GroupNorm (eps 1e-6, unlike the UNet's 1e-5), 1x1 conv ``proj_in`` to ``heads * dim_head`` channels,
     ``depth`` BasicTransformerBlocks on the (B, H*W, inner) tokens, 1x1 conv ``proj_out`` back, residual.
 
+    ``linear=True`` (SD 2.x's ``use_linear_in_transformer``): ``proj_in`` / ``proj_out`` are Linear layers on
+    the flattened tokens instead of 1x1 convolutions (the same map, stored as 2-D weights).
+
     ``position=True`` (not in the original) adds ``sincos_2d`` of each cell centre, normalised to [0, 1], to the
     tokens before the blocks: a small UNet's convolutions carry little absolute position, so without it a query
     cannot tell where it is and cross-attention cannot place a layout box or a "left of" relation. Normalised
@@ -202,27 +213,34 @@ class SpatialTransformer(nn.Module):
     POSITION_FREQS = 8  # periods 4 ... 1/32 of the image: finer than any latent grid here resolves
 
     def __init__(self, channels: int, heads: int, dim_head: int, depth: int = 1, context_dim: int | None = None,
-                 dropout: float = 0.0, position: bool = False):
+                 dropout: float = 0.0, position: bool = False, linear: bool = False, upcast: bool = False):
         super().__init__()
-        self.position = position
+        self.position, self.linear = position, linear
         inner = heads * dim_head
         self.norm = normalization(channels, eps=1e-6)
-        self.proj_in = nn.Conv2d(channels, inner, 1)
+        self.proj_in = nn.Linear(channels, inner) if linear else nn.Conv2d(channels, inner, 1)
         self.transformer_blocks = nn.ModuleList(
-            BasicTransformerBlock(inner, heads, dim_head, context_dim, dropout) for _ in range(depth)
+            BasicTransformerBlock(inner, heads, dim_head, context_dim, dropout, upcast) for _ in range(depth)
         )
-        self.proj_out = nn.Conv2d(inner, channels, 1)  # zero-initialised by UNetModel._init_weights
+        # zero-initialised by UNetModel._init_weights
+        self.proj_out = nn.Linear(inner, channels) if linear else nn.Conv2d(inner, channels, 1)
 
     def forward(self, x: Tensor, context: Tensor | None = None) -> Tensor:
         b, _, h, w = x.shape
-        z = self.proj_in(self.norm(x))  # (B, inner, H, W)
-        z = z.flatten(2).transpose(1, 2)  # (B, H*W, inner), row-major positions as the original
+        z = self.norm(x)  # (B, C, H, W)
+        if self.linear:
+            z = self.proj_in(z.flatten(2).transpose(1, 2))  # (B, H*W, inner)
+        else:  # row-major positions as the original
+            z = self.proj_in(z).flatten(2).transpose(1, 2)  # (B, H*W, inner)
         if self.position:
             z = z + self.position_code(h, w, z.shape[-1], z.device).to(z.dtype)  # (B, H*W, inner)
         for block in self.transformer_blocks:
             z = block(z, context)  # (B, H*W, inner)
-        z = z.transpose(1, 2).reshape(b, -1, h, w)  # (B, inner, H, W)
-        return x + self.proj_out(z)  # (B, C, H, W)
+        if self.linear:
+            z = self.proj_out(z).transpose(1, 2).reshape(b, -1, h, w)  # (B, C, H, W)
+        else:
+            z = self.proj_out(z.transpose(1, 2).reshape(b, -1, h, w))  # (B, C, H, W)
+        return x + z  # (B, C, H, W)
 
     @classmethod
     def position_code(cls, h: int, w: int, dim: int, device: torch.device) -> Tensor:

@@ -48,6 +48,8 @@ class UNetConfig:
     context_dim: int | None = None  # cross-attention dim; None -> self-attention only
     num_classes: int | None = None  # ADM-style label embedding added to the time embedding
     legacy: bool = True
+    use_linear_in_transformer: bool = False  # SD 2.x: Linear proj_in / proj_out in every SpatialTransformer
+    upcast_attention: bool = False  # attend in float32 when the UNet runs in half precision (SD 2.x)
     use_checkpoint: bool = False  # activation checkpointing per UNet block while training
     # "sincos": every SpatialTransformer adds a fixed code of each cell's normalised position to its tokens
     # (not in the original; no parameters). Layout and spatial-relation text need it at small UNet sizes.
@@ -139,7 +141,8 @@ class UNetModel(nn.Module):
         heads, dim_head = self.cfg.heads(ch)
         if self.cfg.use_spatial_transformer:
             return SpatialTransformer(ch, heads, dim_head, self.cfg.transformer_depth, self.cfg.context_dim,
-                                      position=self.cfg.attention_position == "sincos")
+                                      position=self.cfg.attention_position == "sincos",
+                                      linear=self.cfg.use_linear_in_transformer, upcast=self.cfg.upcast_attention)
         return AttentionBlock(ch, heads)
 
     def _build_encoder(self) -> tuple[int, int, list[int]]:
