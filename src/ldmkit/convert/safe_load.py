@@ -10,9 +10,12 @@ unpickler is never used.
 """
 from __future__ import annotations
 
+import json
 import logging
 import pickle
+import struct
 import zipfile
+from collections.abc import Iterator, Mapping
 from pathlib import Path
 
 import torch
@@ -41,16 +44,19 @@ def _refuse(path: Path, reason: str) -> ValueError:
     return ValueError(f"{path}: refusing to load: the pickle needs code execution ({reason})")
 
 
-def _torch_load(path: Path) -> object:
+def _torch_load(path: Path, mmap: bool = False) -> object:
     try:
-        return torch.load(path, map_location="cpu", weights_only=True)
+        return torch.load(path, map_location="cpu", weights_only=True, mmap=mmap)
     except pickle.UnpicklingError as e:
         raise _ForeignGlobals(_refusal_reason(e)) from None
     except RuntimeError as e:
         # older torch versions report the restricted unpickler's refusal as a RuntimeError
         if "Weights only load failed" not in str(e):
-            raise
+            first = " ".join(str(e).split())[:200]
+            raise ValueError(f"{path}: cannot read the checkpoint (truncated or corrupt?): {first}") from None
         raise _ForeignGlobals(_refusal_reason(e)) from None
+    except EOFError:
+        raise ValueError(f"{path}: cannot read the checkpoint: it ends early (truncated?)") from None
 
 
 def _short(names: list[str], limit: int = 6) -> str:
@@ -89,22 +95,90 @@ def _restricted_state_dict(path: Path, reason: str) -> dict[str, Tensor]:
     return dict(sd)
 
 
-def load_state_dict_file(path: str | Path) -> dict[str, Tensor]:
+ST_DTYPES = {"F64": torch.float64, "F32": torch.float32, "F16": torch.float16, "BF16": torch.bfloat16,
+             "I64": torch.int64, "I32": torch.int32, "I16": torch.int16, "I8": torch.int8, "U8": torch.uint8,
+             "BOOL": torch.bool}
+
+
+class SafetensorsFile(Mapping):
+    """A ``.safetensors`` file as a lazy ``name -> tensor`` mapping: the header is read at once, each tensor
+    when it is asked for, straight from the file into its own buffer (``readinto``). Unlike a memory map, no
+    page of the file stays counted in the process's memory once a tensor is read, so a caller that casts or
+    keeps each tensor as it goes holds one copy of the weights at most. ``shape(name)`` needs no read."""
+
+    def __init__(self, path: str | Path):
+        self.path = Path(path)
+        size = self.path.stat().st_size
+        with open(self.path, "rb") as f:
+            head = f.read(8)
+            n = struct.unpack("<Q", head)[0] if len(head) == 8 else -1
+            if n < 2 or 8 + n > size:
+                raise ValueError(f"{self.path}: not a safetensors file (bad header length; truncated?)")
+            try:
+                header = json.loads(f.read(n))
+            except (UnicodeDecodeError, json.JSONDecodeError):
+                raise ValueError(f"{self.path}: not a safetensors file (unreadable header)") from None
+        self.metadata = header.pop("__metadata__", None) or {}
+        self._entries = header
+        self._base = 8 + n
+        for name, e in header.items():
+            start, end = e["data_offsets"]
+            if e["dtype"] not in ST_DTYPES:
+                raise ValueError(f"{self.path}: tensor {name} has dtype {e['dtype']}, which ldmkit does not read")
+            if self._base + end > size:
+                raise ValueError(f"{self.path}: truncated: tensor {name} ends at byte {self._base + end}, the file "
+                                 f"has {size}")
+
+    def shape(self, name: str) -> tuple[int, ...]:
+        return tuple(self._entries[name]["shape"])
+
+    def __getitem__(self, name: str) -> Tensor:
+        e = self._entries[name]
+        start, end = e["data_offsets"]
+        t = torch.empty(e["shape"], dtype=ST_DTYPES[e["dtype"]])
+        if end > start:
+            with open(self.path, "rb") as f:
+                f.seek(self._base + start)
+                if f.readinto(t.view(-1).view(torch.uint8).numpy()) != end - start:
+                    raise ValueError(f"{self.path}: truncated while reading {name}")
+        return t
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._entries)
+
+    def __len__(self) -> int:
+        return len(self._entries)
+
+
+def shape_of(sd: Mapping[str, Tensor], name: str) -> tuple[int, ...]:
+    """A tensor's shape without reading it from a lazy file."""
+    return sd.shape(name) if isinstance(sd, SafetensorsFile) else tuple(sd[name].shape)
+
+
+def load_state_dict_file(path: str | Path, lazy: bool = False) -> Mapping[str, Tensor]:
     """``name -> tensor`` from a safetensors or (safely unpickled) torch file; Lightning's
     ``{"state_dict": ...}`` wrapper is removed, and so are its pickled callbacks / hyper-parameters
-    (never executed; one warning names them). Raises ValueError (one line) for anything else."""
+    (never executed; one warning names them). Raises ValueError (one line) for anything else.
+
+    ``lazy``: a safetensors file comes back as a :class:`SafetensorsFile` (tensors read on access) and a torch
+    zip file is memory-mapped (``torch.load(mmap=True)``): neither is read whole before the caller takes it."""
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"{path}: file not found")
     suffix = path.suffix.lower()
     if suffix == ".safetensors":
+        if lazy:
+            return SafetensorsFile(path)
         from safetensors.torch import load_file
 
-        return load_file(str(path), device="cpu")
+        try:
+            return load_file(str(path), device="cpu")
+        except Exception as e:  # safetensors' own errors (truncated, bad header) are one line
+            raise ValueError(f"{path}: not a readable safetensors file ({' '.join(str(e).split())})") from None
     if suffix not in PICKLE_SUFFIXES:
         raise ValueError(f"{path}: unknown weights format (expected .safetensors or {', '.join(PICKLE_SUFFIXES)})")
     try:
-        obj = _torch_load(path)
+        obj = _torch_load(path, mmap=lazy and zipfile.is_zipfile(path))
     except _ForeignGlobals as e:
         obj = _restricted_state_dict(path, str(e))
     if isinstance(obj, dict) and isinstance(obj.get("state_dict"), dict):

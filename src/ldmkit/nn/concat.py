@@ -25,6 +25,9 @@ class ConcatConfig:
     degradation: Literal["bicubic", "bsr"] = "bicubic"   # low_res: how training pairs are made
     mask_kind: Literal["large", "box", "stroke"] = "large"   # inpaint: training mask generator
     paste_known: bool = True       # inpaint: keep the known pixels exactly (as the original inpaint script)
+    # inpaint: channel layout. "ldm": [masked image latent, mask in {-1, 1}] (the original inpainting_big);
+    # "sd": [mask in {0, 1}, masked image latent] (Stable Diffusion's 9-channel inpainting UNets)
+    inpaint_layout: Literal["ldm", "sd"] = "ldm"
 
     def __post_init__(self) -> None:
         require(self.kind in CONCAT_KINDS, "kind", f"expected one of {list(CONCAT_KINDS)}, got {self.kind!r}")
@@ -33,6 +36,8 @@ class ConcatConfig:
         require(self.out_channels >= 0, "out_channels", f"must be >= 0, got {self.out_channels}")
         require(self.factor >= 1, "factor", f"must be >= 1, got {self.factor}")
         require(self.degradation in ("bicubic", "bsr"), "degradation", f"expected bicubic or bsr, got {self.degradation!r}")
+        require(self.inpaint_layout in ("ldm", "sd"), "inpaint_layout",
+                f"expected ldm or sd, got {self.inpaint_layout!r}")
         require(self.mask_kind in ("large", "box", "stroke"), "mask_kind",
                 f"expected large, box or stroke, got {self.mask_kind!r}")
 
@@ -43,7 +48,7 @@ class ConcatConfig:
         if self.kind == "low_res":
             return image_channels
         if self.kind == "inpaint":
-            return latent_channels + 1  # the masked image's latent, then the mask (the original's order)
+            return latent_channels + 1  # the masked image's latent and the mask (order: inpaint_layout)
         return 0
 
     @property

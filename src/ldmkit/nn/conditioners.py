@@ -13,11 +13,12 @@ from torch import Tensor, nn
 
 from ldmkit.config import require
 from ldmkit.nn.bert_embedder import OriginalTextConditioner
+from ldmkit.nn.clip import ClipTextConditioner
 from ldmkit.nn.conditioner_base import Conditioner
 from ldmkit.nn.layout import LayoutConditioner
 from ldmkit.nn.text import FrozenTextConditioner, TextConditioner, find_bert_vocab
 
-KINDS = ("none", "class", "text", "text_frozen", "layout", "bert")
+KINDS = ("none", "class", "text", "text_frozen", "layout", "bert", "clip", "openclip")
 
 
 class ClassEmbedder(Conditioner):
@@ -58,9 +59,11 @@ class ConditionerConfig:
     encoder out of the saved weights (only encoder_path is stored) and adds a trainable Linear when embed_dim
     differs from its hidden size (384 for MiniLM). bert is the original LDM BERTEmbedder (bert_embedder.py):
     embed_dim = n_embed, n_layer, max_length = max_seq_len (77), vocab; its heads are fixed at 8 x 64.
+    clip / openclip are Stable Diffusion's frozen CLIP text towers (clip.py): SD 1.x's CLIP ViT-L/14 (embed_dim
+    768, n_layer 12, n_head 12) and SD 2.x's OpenCLIP ViT-H/14 (1024, 23 of its 24 layers, 16), max_length 77.
     """
 
-    kind: Literal["none", "class", "text", "text_frozen", "layout", "bert"] = "none"
+    kind: Literal["none", "class", "text", "text_frozen", "layout", "bert", "clip", "openclip"] = "none"
     num_classes: int = 10
     embed_dim: int = 64
     max_length: int = 32         # text tokens incl. [CLS]/[SEP] (text, text_frozen, bert)
@@ -72,6 +75,12 @@ class ConditionerConfig:
     max_objects: int = 2         # objects per layout (layout)
     coord_embedding: Literal["learned", "sincos"] = "learned"   # layout corners: + fixed 2-D sin/cos code
     layout_tokens: Literal["triple", "object"] = "triple"   # layout: 3 tokens per box (original) or 1 (class + box code)
+    intermediate_size: int = 0   # clip / openclip: MLP width (0 = 4 * embed_dim)
+    hidden_act: str = ""         # clip / openclip: "" = quick_gelu (clip) / gelu (openclip)
+    vocab_size: int = 49408      # clip / openclip: token embedding rows
+    clip_skip: int = 0           # clip / openclip: read the output k layers before the last (diffusers' clip_skip)
+    pad_token: str = ""          # clip / openclip: "" = <|endoftext|> (SD 1.x) / "!" (SD 2.x)
+    tokenizer: str = ""          # clip / openclip: tokenizer folder or BPE file; "" = $LDMKIT_CLIP_VOCAB or open-clip-torch
 
     def __post_init__(self) -> None:
         require(self.kind in KINDS, "kind", f"expected one of {list(KINDS)}, got {self.kind!r}")
@@ -89,6 +98,15 @@ class ConditionerConfig:
         require(self.coord_embedding in ("learned", "sincos"), "coord_embedding",
                 f"expected learned or sincos, got {self.coord_embedding!r}")
         require(self.max_objects >= 1, "max_objects", f"must be >= 1, got {self.max_objects}")
+        if self.kind in ("clip", "openclip"):
+            require(self.embed_dim % self.n_head == 0, "n_head",
+                    f"must divide embed_dim {self.embed_dim}, got {self.n_head}")
+            require(0 <= self.clip_skip < self.n_layer, "clip_skip",
+                    f"must be in [0, {self.n_layer - 1}] (n_layer {self.n_layer}), got {self.clip_skip}")
+            require(self.hidden_act in ("", "quick_gelu", "gelu"), "hidden_act",
+                    f"expected quick_gelu or gelu, got {self.hidden_act!r}")
+            require(self.intermediate_size >= 0 and self.vocab_size >= 2, "intermediate_size",
+                    "intermediate_size must be >= 0 and vocab_size >= 2")
 
 
 def build_conditioner(cfg: ConditionerConfig) -> Conditioner | None:
@@ -101,6 +119,8 @@ def build_conditioner(cfg: ConditionerConfig) -> Conditioner | None:
         return OriginalTextConditioner(find_bert_vocab(cfg.vocab), cfg.max_length, cfg.embed_dim, cfg.n_layer)
     if cfg.kind == "text_frozen":
         return FrozenTextConditioner(cfg.encoder_path, cfg.max_length, cfg.embed_dim)
+    if cfg.kind in ("clip", "openclip"):
+        return ClipTextConditioner(cfg)
     if cfg.kind == "layout":
         return LayoutConditioner(cfg.num_classes, cfg.coord_bins, cfg.max_objects, cfg.embed_dim,
                                  cfg.n_layer, cfg.n_head, cfg.coord_embedding, cfg.layout_tokens)
