@@ -16,7 +16,7 @@ from .data.degradation import bicubic_downsample, bsr_degrade
 from .data.masks import generate_mask
 
 CONTEXT_KEYS = {"class": "label", "text": "caption", "text_frozen": "caption", "bert": "caption",
-                "layout": "boxes"}
+                "clip": "caption", "openclip": "caption", "layout": "boxes"}
 ARG_NAMES = {"label": "class_labels", "caption": "prompt", "boxes": "boxes",
              "segmentation": "segmentation", "low_res": "low_res", "image": "image", "mask": "mask"}
 

@@ -316,10 +316,17 @@ def test_missing_unexpected_and_unknown_are_named(tmp_path):
     with pytest.raises(ConfigError, match="unknown keys new_knob"):
         load_autoencoder_any(folder)
     index = json.loads((folder / "model_index.json").read_text())
-    index |= {"text_encoder": ["transformers", "CLIPTextModel"], "tokenizer": ["transformers", "CLIPTokenizer"],
-              "safety_checker": [None, None]}
+    (folder / "model_index.json").write_text(json.dumps(index | {"controlnet": ["diffusers", "ControlNetModel"],
+                                                                  "safety_checker": [None, None]}))
+    with pytest.raises(ConfigError, match=r"controlnet \(diffusers ControlNetModel\) not converted"):
+        load_diffusers(folder)
+    # a text encoder is read (test_convert_sd.py), but not without its folder or its tokenizer
+    (folder / "model_index.json").write_text(json.dumps(index | {"text_encoder": ["transformers", "CLIPTextModel"]}))
+    with pytest.raises(ConfigError, match="a text_encoder needs its tokenizer"):
+        load_diffusers(folder)
+    index |= {"text_encoder": ["transformers", "CLIPTextModel"], "tokenizer": ["transformers", "CLIPTokenizer"]}
     (folder / "model_index.json").write_text(json.dumps(index))
-    with pytest.raises(ConfigError, match=r"text_encoder \(transformers CLIPTextModel\), tokenizer .* not converted"):
+    with pytest.raises(FileNotFoundError, match="text_encoder/config.json: not found"):
         load_diffusers(folder)
 
 

@@ -114,7 +114,19 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--decode-tile", type=int, default=None,
                    help="decode in overlapping tiles of this many latent pixels (large outputs, bounded memory)")
     p.add_argument("--precision", default="fp32", choices=("fp32", "bf16", "fp16"),
-                   help="UNet and first-stage precision (bf16: ~2x faster on AMX CPUs and on GPUs)")
+                   help="weights and compute precision; original files and diffusers folders are cast while they "
+                        "load (bf16: ~2x faster on AMX CPUs and on GPUs)")
+    p.add_argument("--config", default=None,
+                   help="original YAML of a .ckpt / .safetensors (default: beside it; Stable Diffusion files need "
+                        "none: the architecture is read off the weights)")
+    p.add_argument("--prediction", default=None, choices=("eps", "v"),
+                   help="what the UNet predicts, for an SD 2.x file whose name does not tell (768 models: v)")
+    p.add_argument("--clip-skip", type=int, default=None,
+                   help="CLIP text encoders: read the output this many layers before the last (web UIs' "
+                        "'Clip skip 2' is 1)")
+    p.add_argument("--tokenizer", default=None,
+                   help="CLIP tokenizer folder or bpe_simple_vocab_16e6.txt.gz (default: the model's own, else "
+                        "$LDMKIT_CLIP_VOCAB, else open-clip-torch's copy)")
     p.add_argument("--steps", type=int, default=50)
     p.add_argument("--sampler", default="ddim",
                    help="ddim, plms, dpmpp_2m, dpmpp_2m_karras, euler, euler_a, heun, ddpm, or a diffusers "

@@ -14,6 +14,7 @@ from ..imageio import from_pil, save_grid, save_png
 from ..convert.loader import load_pipeline_any
 from ..diffusion import check_options, sampler_name
 from ..nn.noisy_classifier import load_noisy_classifier
+from ..pipeline_inputs import CONTEXT_KEYS
 
 
 def parse_classes(values: list[str] | None, names: list[str], num_classes: int) -> list[int]:
@@ -76,7 +77,7 @@ def condition_inputs(args: argparse.Namespace, pipe) -> list[dict]:
         per = [{"class_labels": c} for c in classes]
     elif args.classes:
         raise ValueError("--class given, but this model is not class-conditional")
-    if cond.kind in ("text", "text_frozen", "bert"):
+    if CONTEXT_KEYS.get(cond.kind) == "caption":
         if not args.prompt:
             raise ValueError("this is a text-to-image model: pass --prompt TEXT")
         per = [{"prompt": p} for p in args.prompt]
@@ -122,15 +123,18 @@ def sample_command(args: argparse.Namespace) -> None:
     guide = {}
     if args.classifier:  # a bad file fails before the checkpoint loads
         guide = {"classifier": load_noisy_classifier(args.classifier), "classifier_scale": args.classifier_scale}
-    pipe = load_pipeline_any(  # ldmkit, original .ckpt or diffusers folder
-        args.checkpoint, device=resolve_device(args.device)).set_precision(args.precision)
+    text = {k: v for k, v in (("clip_skip", args.clip_skip), ("tokenizer", args.tokenizer)) if v is not None}
+    pipe = load_pipeline_any(  # ldmkit, original .ckpt / .safetensors (SD: no YAML needed) or diffusers folder
+        args.checkpoint, device=resolve_device(args.device), config=args.config, precision=args.precision,
+        prediction=args.prediction, text_options=text)
     if guide:
         pipe.check_classifier(guide["classifier"])
     items = condition_inputs(args, pipe)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     settings = {"checkpoint": str(args.checkpoint), "sampler": sampler_name(args.sampler), "steps": args.steps,
-                "guidance": args.guidance, "guidance_rescale": args.guidance_rescale, **options}
+                "guidance": args.guidance, "guidance_rescale": args.guidance_rescale, "precision": args.precision,
+                **text, **options}
     if guide:
         settings |= {"classifier": str(args.classifier), "classifier_scale": args.classifier_scale}
     images = []

@@ -8,6 +8,9 @@ Folder layout (what ``DiffusionPipeline.save_pretrained`` writes)::
     scheduler/scheduler_config.json                                 DDIMScheduler (diffusers' file name)
     conditioner/conditioner.safetensors     ldmkit condition encoder (class / text / layout) and semantic-map
                                             rescaler, an ldmkit release (diffusers has no such components)
+    text_encoder/ + tokenizer/              Stable Diffusion's CLIP / OpenCLIP text tower (transformers'
+                                            CLIPTextModel + CLIPTokenizer folders, diffusers_text.py); such a
+                                            folder is a StableDiffusion(Inpaint)Pipeline
 
 Each config.json also carries the full ldmkit config under ``_ldmkit`` (diffusers ignores keys starting
 with "_"); it restores what diffusers cannot express (``legacy``, ``dropout`` of the VAE, VQ ``beta``...) and is
@@ -28,6 +31,7 @@ from ..autoencoder import Autoencoder, AutoencoderConfig
 from ..config import ConfigError, from_dict, to_dict
 from ..diffusion import ScheduleConfig
 from ..nn import ConditionerConfig, UNetConfig, UNetModel
+from ..nn.clip_tokenizer import find_clip_vocab
 from ..nn.concat import ConcatConfig
 from ..pipeline import Pipeline, PipelineConfig
 from ..weights import atomic_write, load_release, save_release
@@ -39,7 +43,17 @@ from .diffusers_config import (
     unet_config_from_diffusers,
     unet_config_to_diffusers,
 )
+from .assign import assign_buffers, cast, empty_pipeline
 from .diffusers_keys import autoencoder_key_map, check_keys, from_diffusers, to_diffusers, unet_key_map
+from .diffusers_text import (
+    TEXT_ENCODER,
+    TOKENIZER,
+    text_config_from_diffusers,
+    text_config_to_diffusers,
+    text_from_transformers,
+    text_to_transformers,
+    text_weights_path,
+)
 from .safe_load import load_state_dict_file
 
 MODEL_INDEX, CONFIG, SCHEDULER_CONFIG = "model_index.json", "config.json", "scheduler_config.json"
@@ -47,7 +61,10 @@ WEIGHTS = "diffusion_pytorch_model.safetensors"
 CONDITIONER_FILE = "conditioner.safetensors"
 HINT = "_ldmkit"
 DIFFUSERS_VERSION = "0.42.1"  # the diffusers release whose from_pretrained the tests check this layout against
-COMPONENTS = ("unet", "vae", "vqvae", "scheduler", "conditioner")
+COMPONENTS = ("unet", "vae", "vqvae", "scheduler", "conditioner", TEXT_ENCODER, TOKENIZER)
+# Stable Diffusion pipeline components that play no part in sampling: accepted and not read
+UNUSED = ("safety_checker", "feature_extractor", "image_encoder")
+SD_CLASSES = {False: "StableDiffusionPipeline", True: "StableDiffusionInpaintPipeline"}
 
 
 def _vae_folder(cfg: AutoencoderConfig) -> str:
@@ -97,6 +114,14 @@ def export_diffusers(pipe: Pipeline, folder: str | Path) -> Path:
         "_class_name": "LDMPipeline" if ldm else "LDMKitPipeline", **version, "unet": ["diffusers", configs["unet"]["_class_name"]],
         vae: ["diffusers", configs[vae]["_class_name"]], "scheduler": ["diffusers", "DDIMScheduler"]}
     extras = {name: getattr(pipe, name) for name in ("conditioner", "spatial") if getattr(pipe, name) is not None}
+    if cfg.conditioner.kind in ("clip", "openclip"):  # Stable Diffusion: transformers' own folders
+        _write_json(folder / TEXT_ENCODER / CONFIG, text_config_to_diffusers(cfg.conditioner))
+        _write_weights(folder / TEXT_ENCODER / "model.safetensors", text_to_transformers(pipe.conditioner.state_dict()))
+        pipe.conditioner.tokenizer.save(folder / TOKENIZER)
+        index |= {"_class_name": SD_CLASSES[cfg.concat.kind == "inpaint"], TEXT_ENCODER: ["transformers", "CLIPTextModel"],
+                  TOKENIZER: ["transformers", "CLIPTokenizer"], "safety_checker": [None, None],
+                  "feature_extractor": [None, None], "image_encoder": [None, None], "requires_safety_checker": False}
+        extras = {}
     if extras:  # ldmkit's own condition encoders (class, text, layout) and a semantic map's rescaler
         tensors = {f"{name}.{k}": v for name, module in extras.items() for k, v in module.state_dict().items()}
         save_release(folder / "conditioner" / CONDITIONER_FILE, tensors,
@@ -179,14 +204,18 @@ def read_schedule_config(sub: Path) -> ScheduleConfig:
                    lambda h: schedule_config_from_diffusers(schedule_config_to_diffusers(h), str(path)), str(path))
 
 
-def load_into(module: nn.Module, sd: dict[str, Tensor], where: str) -> None:
-    """Strict load that names missing, unexpected and mis-shaped keys (ConfigError)."""
+def load_into(module: nn.Module, sd: dict[str, Tensor], where: str, dtype: Any = None) -> None:
+    """Strict load that names missing, unexpected and mis-shaped keys (ConfigError). A meta-built module (assign.py)
+    takes the tensors themselves, cast to ``dtype`` (default: the module's own float dtype)."""
     target = module.state_dict()
     check_keys(where, set(sd), set(target))
     bad = [f"{k} {tuple(sd[k].shape)} != {tuple(v.shape)}" for k, v in target.items() if sd[k].shape != v.shape]
     if bad:
         raise ConfigError(f"{where}: shapes do not fit the config: {', '.join(bad[:4])}")
-    module.load_state_dict(sd)
+    if any(v.is_meta for v in target.values()):
+        module.load_state_dict({k: cast(v, dtype or target[k].dtype) for k, v in sd.items()}, assign=True)
+    else:
+        module.load_state_dict(sd)
 
 
 def _vae_component(index: dict[str, Any], folder: Path) -> str:
@@ -220,17 +249,20 @@ def load_diffusers_unet(folder: str | Path) -> tuple[UNetModel, UNetConfig]:
     return model.eval(), cfg
 
 
-def load_diffusers(folder: str | Path, device: str | Any = "cpu") -> Pipeline:
-    """A diffusers pipeline folder (unconditional, or class-conditional as written by :func:`export_diffusers`)
-    -> Pipeline. Text encoders and other conditioners are refused by name, never skipped."""
+def load_diffusers(folder: str | Path, device: str | Any = "cpu", dtype: Any = None) -> Pipeline:
+    """A diffusers pipeline folder (unconditional, class-conditional as written by :func:`export_diffusers`, or
+    Stable Diffusion with its CLIP text encoder and tokenizer) -> Pipeline, weights in ``dtype`` (default
+    float32). Other components are refused by name, never skipped."""
     folder = Path(folder)
     index = _read_json(folder / MODEL_INDEX)
     listed = {k: v for k, v in index.items() if not k.startswith("_") and v not in (None, [None, None])}
     foreign = [f"{k} ({' '.join(map(str, v)) if isinstance(v, list) else v})" for k, v in listed.items()
-               if k not in COMPONENTS]
+               if k not in COMPONENTS and k not in UNUSED and k != "requires_safety_checker"]
     if foreign:
-        raise ConfigError(f"{folder}: {', '.join(foreign)} not converted: ldmkit reads unconditional and "
-                          "class-conditional diffusers pipelines only (no text encoders yet)")
+        raise ConfigError(f"{folder}: {', '.join(foreign)} not converted: ldmkit reads unconditional, "
+                          "class-conditional and Stable Diffusion (CLIP text encoder) pipelines")
+    if (TEXT_ENCODER in listed) != (TOKENIZER in listed):
+        raise ConfigError(f"{folder / MODEL_INDEX}: a text_encoder needs its tokenizer and the other way round")
     for name in ("unet", "scheduler"):
         if name not in listed:
             raise ConfigError(f"{folder / MODEL_INDEX}: no {name} component")
@@ -245,13 +277,21 @@ def load_diffusers(folder: str | Path, device: str | Any = "cpu") -> Pipeline:
         extras = {name: {k[len(name) + 1:]: v for k, v in tensors.items() if k.startswith(name + ".")}
                   for name in ("conditioner", "spatial")}
         check_keys(str(path), set(tensors), {f"{n}.{k}" for n, sd in extras.items() for k in sd})
+    if TEXT_ENCODER in listed:
+        conditioner = text_config_from_diffusers(folder)
+        find_clip_vocab(folder / TOKENIZER)  # a broken tokenizer folder fails now, not at the first prompt
     unet = read_unet_config(folder / "unet")
+    if conditioner.kind in ("clip", "openclip") and unet.context_dim != conditioner.embed_dim:
+        raise ConfigError(f"{folder}: the text encoder's width {conditioner.embed_dim} "
+                          f"({folder / TEXT_ENCODER / CONFIG}) is not the UNet's cross_attention_dim {unet.context_dim}")
     if (unet.context_dim is not None) != (conditioner.kind != "none"):
         raise ConfigError(f"{folder}: the UNet's cross_attention_dim ({unet.context_dim}) needs a conditioner and "
                           f"the conditioner ({conditioner.kind}) needs cross-attention: the two do not fit")
     autoencoder, scale = read_autoencoder_config(folder / vae)
     hint = index.get(HINT) if isinstance(index.get(HINT), dict) else {}
     concat = from_dict(ConcatConfig, hint.get("concat") or {}, prefix="model_index.json _ldmkit.concat")
+    if HINT not in index and TEXT_ENCODER in listed and unet.in_channels == 2 * autoencoder.embed_dim + 1:
+        concat = ConcatConfig(kind="inpaint", inpaint_layout="sd", paste_known=False)  # SD inpainting's 9 channels
     cfg = PipelineConfig(autoencoder=autoencoder, unet=unet, conditioner=conditioner,
                          diffusion=read_schedule_config(folder / "scheduler"), scale_factor=scale,
                          class_names=list(hint.get("class_names") or []), concat=concat)
@@ -259,12 +299,18 @@ def load_diffusers(folder: str | Path, device: str | Any = "cpu") -> Pipeline:
     if unet.in_channels != expected:
         raise ConfigError(f"{folder / 'unet' / CONFIG}: in_channels={unet.in_channels}, but the latents have "
                           f"{autoencoder.embed_dim} channels (+ {expected - autoencoder.embed_dim} concat)")
-    pipe = Pipeline(cfg)
+    pipe = empty_pipeline(cfg)
     load_into(pipe.unet, from_diffusers(read_weights(folder / "unet"), unet_key_map(unet),
-                                        str(folder / "unet" / WEIGHTS)), "unet")
+                                        str(folder / "unet" / WEIGHTS)), "unet", dtype)
     load_into(pipe.autoencoder, from_diffusers(read_weights(folder / vae), autoencoder_key_map(autoencoder),
-                                               str(folder / vae / WEIGHTS)), vae)
+                                               str(folder / vae / WEIGHTS)), vae, dtype)
+    if TEXT_ENCODER in listed:
+        path = text_weights_path(folder)
+        load_into(pipe.conditioner, text_from_transformers(dict(load_state_dict_file(path))), str(path), dtype)
+        assign_buffers(pipe.conditioner, str(path))
     for name in ("conditioner", "spatial"):
+        if name == "conditioner" and TEXT_ENCODER in listed:
+            continue
         module = getattr(pipe, name)
         if module is not None or extras.get(name):
             if module is None:

@@ -10,18 +10,21 @@ Formats, told apart by what is on disk (never by trying loaders in turn):
 """
 from __future__ import annotations
 
+import dataclasses
 import json
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
 import torch
 from safetensors import safe_open
 
 from ..autoencoder import Autoencoder, AutoencoderConfig, load_autoencoder
 from ..config import ConfigError, load_yaml
+from ..diffusion import Schedule
+from ..nn.inference import inference_dtype
 from ..pipeline import Pipeline
 from .diffusers import CONFIG, MODEL_INDEX, export_diffusers, load_diffusers, load_diffusers_autoencoder, load_into
-from .original import IGNORED_PREFIXES, _autoencoder, export_original, load_original
+from .original import IGNORED_PREFIXES, _autoencoder, export_original, load_original, with_text_options
 from .safe_load import PICKLE_SUFFIXES, load_state_dict_file
 
 Target = Literal["ldmkit", "diffusers", "original"]
@@ -29,8 +32,12 @@ Target = Literal["ldmkit", "diffusers", "original"]
 
 def release_kind(path: Path) -> str | None:
     """``kind`` from an ldmkit release's metadata; None for any other safetensors file."""
-    with safe_open(str(path), framework="pt") as f:
-        raw = (f.metadata() or {}).get("kind")
+    try:
+        with safe_open(str(path), framework="pt") as f:
+            raw = (f.metadata() or {}).get("kind")
+    except Exception as e:  # safetensors' own errors (truncated, bad header): one line naming the file
+        raise ValueError(f"{path}: not a readable safetensors file, truncated or corrupt "
+                         f"({' '.join(str(e).split())})") from None
     try:
         return json.loads(raw) if raw is not None else None
     except json.JSONDecodeError:
@@ -44,28 +51,66 @@ def _original_yaml(path: Path, config: str | Path | None) -> Path:
     return yaml_path
 
 
-def load_pipeline_any(path: str | Path, device: str | torch.device = "cpu",
-                      config: str | Path | None = None) -> Pipeline:
-    """An ldmkit ``pipeline.safetensors``, an original checkpoint (+ YAML ``config``) or a diffusers folder
-    -> Pipeline on ``device`` in eval mode."""
+def load_pipeline_any(path: str | Path, device: str | torch.device = "cpu", config: str | Path | None = None,
+                      precision: str = "fp32", prediction: str | None = None,
+                      text_options: dict[str, Any] | None = None) -> Pipeline:
+    """An ldmkit ``pipeline.safetensors``, an original checkpoint (+ YAML ``config``; a Stable Diffusion file
+    needs none) or a diffusers folder -> Pipeline on ``device`` in eval mode, in ``precision`` (fp32 / bf16 /
+    fp16: original files and diffusers folders are cast while they load, never held twice).
+    ``prediction`` (eps / v) overrides what an original SD file's name suggests; ``text_options``
+    (clip_skip, tokenizer) apply to a CLIP text encoder."""
     path = Path(path)
+    dtype = inference_dtype(precision)
+    if prediction not in (None, "eps", "v"):
+        raise ConfigError(f"--prediction: expected eps or v, got {prediction!r}")
     if path.is_dir():
         if not (path / MODEL_INDEX).is_file():
             raise ConfigError(f"{path}: a folder without {MODEL_INDEX} is not a diffusers pipeline")
-        return load_diffusers(path, device)
-    if path.suffix.lower() in PICKLE_SUFFIXES:  # load_original names a missing YAML before a missing .ckpt
-        return load_original(path, config).to(device).eval()
-    if not path.is_file():
-        raise FileNotFoundError(f"{path}: not found")
-    if path.suffix != ".safetensors":
-        raise ConfigError(f"{path}: unknown checkpoint format (pipeline.safetensors, an original .ckpt, "
-                          f"or a diffusers folder)")
-    kind = release_kind(path)
-    if kind == "pipeline":
-        return Pipeline.load(path, device=device)
-    if kind is not None:
-        raise ConfigError(f"{path}: an ldmkit {kind} file, not a pipeline")
-    return load_original(path, config).to(device).eval()
+        pipe = load_diffusers(path, device, dtype)
+        if prediction is not None:
+            pipe = _with_prediction(pipe, prediction)
+        return _finish(with_text_options_pipe(pipe, text_options, str(path)), precision)
+    if path.suffix.lower() not in PICKLE_SUFFIXES:
+        if not path.is_file():
+            raise FileNotFoundError(f"{path}: not found")
+        if path.suffix != ".safetensors":
+            raise ConfigError(f"{path}: unknown checkpoint format (pipeline.safetensors, an original .ckpt / "
+                              f".safetensors, or a diffusers folder)")
+        kind = release_kind(path)
+        if kind == "pipeline":
+            pipe = Pipeline.load(path, device=device)
+            if prediction is not None:
+                pipe = _with_prediction(pipe, prediction)
+            return _finish(with_text_options_pipe(pipe, text_options, str(path)), precision)
+        if kind is not None:
+            raise ConfigError(f"{path}: an ldmkit {kind} file, not a pipeline")
+    # load_original names a missing YAML before a missing .ckpt
+    pipe = load_original(path, config, dtype=dtype, prediction=prediction, text_options=text_options)
+    return _finish(pipe.to(device), precision)
+
+
+def _finish(pipe: Pipeline, precision: str) -> Pipeline:
+    """Eval mode; for half precision, the inference layout of set_precision (the weights are already cast)."""
+    pipe = pipe.eval()
+    return pipe.set_precision(precision) if precision != "fp32" else pipe
+
+
+def _with_prediction(pipe: Pipeline, prediction: str) -> Pipeline:
+    cfg = dataclasses.replace(pipe.cfg, diffusion=dataclasses.replace(pipe.cfg.diffusion, parameterization=prediction))
+    pipe.cfg, pipe.schedule = cfg, Schedule(cfg.diffusion)
+    return pipe
+
+
+def with_text_options_pipe(pipe: Pipeline, options: dict[str, Any] | None, where: str) -> Pipeline:
+    """Apply clip_skip / tokenizer options to a loaded pipeline's CLIP conditioner."""
+    if not options:
+        return pipe
+    pipe.cfg = with_text_options(pipe.cfg, options, where)
+    c = pipe.conditioner
+    c.clip_skip = pipe.cfg.conditioner.clip_skip
+    if "tokenizer" in options:
+        c.tokenizer_source, c._tokenizer[:] = pipe.cfg.conditioner.tokenizer, []
+    return pipe
 
 
 def _original_autoencoder(path: Path, config: str | Path | None) -> tuple[Autoencoder, AutoencoderConfig, float]:

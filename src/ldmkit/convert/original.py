@@ -12,8 +12,10 @@ from __future__ import annotations
 import dataclasses
 import warnings
 from pathlib import Path
+from collections.abc import Mapping
 from typing import Any
 
+import numpy as np
 import torch
 import yaml
 from torch import Tensor
@@ -26,30 +28,46 @@ from ..nn.bert_embedder import BERT_VOCAB_SIZE
 from ..nn.concat import ConcatConfig
 from ..pipeline import Pipeline, PipelineConfig
 from ..weights import atomic_write
-from .safe_load import load_state_dict_file
+from .assign import cast, empty_pipeline, fill_pipeline
+from .clip_keys import POSITION_IDS, ldmkit_to_openclip, openclip_plan
+from .safe_load import load_state_dict_file, shape_of
+from .sd_infer import OPENCLIP, clip_conditioner
 
 # original state_dict prefix -> Pipeline attribute (the cond stage is the semantic map's rescaler when it has one)
 PREFIXES = {"model.diffusion_model.": "unet", "first_stage_model.": "autoencoder", "cond_stage_model.": "conditioner"}
 
 
+def is_hybrid(cfg: PipelineConfig) -> bool:
+    """A text encoder plus the masked image's latent and mask: SD's LatentInpaintDiffusion (conditioning "hybrid")."""
+    return cfg.conditioner.kind != "none" and cfg.concat.kind != "none"
+
+
 def prefixes(cfg: PipelineConfig) -> dict[str, str]:
-    """PREFIXES for ``cfg``: the original has one cond stage, either the context encoder or the concat rescaler."""
-    if cfg.concat.kind != "none" and cfg.conditioner.kind != "none":
-        raise ValueError("original layout: a model with both a context conditioner and a concat map (hybrid) "
-                         "has no original cond-stage layout")
+    """PREFIXES for ``cfg``: the original has one cond stage, either the context encoder or the concat rescaler
+    (SD inpainting takes its concat map from the first stage, so its cond stage is the text encoder)."""
+    if is_hybrid(cfg) and (cfg.concat.kind != "inpaint" or cfg.concat.inpaint_layout != "sd"):
+        raise ValueError("original layout: a context conditioner with a concat map (hybrid) exists only as SD "
+                         "inpainting (concat kind inpaint, inpaint_layout sd)")
     return PREFIXES | ({"cond_stage_model.": "spatial"} if cfg.concat.kind == "semantic" else {})
 SCHEDULE_BUFFERS = ("betas", "alphas_cumprod", "alphas_cumprod_prev", "sqrt_alphas_cumprod",
                     "sqrt_one_minus_alphas_cumprod", "log_one_minus_alphas_cumprod", "sqrt_recip_alphas_cumprod",
                     "sqrt_recipm1_alphas_cumprod", "posterior_variance", "posterior_log_variance_clipped",
                     "posterior_mean_coef1", "posterior_mean_coef2")
 # keys the original may hold that carry nothing ldmkit needs (training-only or recomputed from the config)
-IGNORED_KEYS = {*SCHEDULE_BUFFERS, "scale_factor", "lvlb_weights", "logvar", "model_ema.decay", "model_ema.num_updates"}
+IGNORED_KEYS = {*SCHEDULE_BUFFERS, "scale_factor", "lvlb_weights", "logvar", "model_ema.decay", "model_ema.num_updates",
+                "cond_stage_model." + POSITION_IDS, "cond_stage_model.transformer.embeddings.position_ids"}  # SD 1.x carries CLIP's position ids (0..76, rebuilt)
+# released text-tower sizes, used until the checkpoint's shapes say otherwise (clip_conditioner)
+TEXT_SIZES = {"clip": dict(embed_dim=768, n_layer=12, n_head=12, intermediate_size=3072, max_length=77),
+              "openclip": dict(embed_dim=1024, n_layer=23, n_head=16, intermediate_size=4096, max_length=77)}
 IGNORED_PREFIXES = ("first_stage_model.loss.", "loss.")
 EMA_PREFIX = "model_ema."
 VQ_CODEBOOK = "first_stage_model.quantize.embedding.weight"
 
 TARGETS = {
     "ldm": "ldm.models.diffusion.ddpm.LatentDiffusion",
+    "sd_inpaint": "ldm.models.diffusion.ddpm.LatentInpaintDiffusion",
+    "clip": "ldm.modules.encoders.modules.FrozenCLIPEmbedder",
+    "openclip": "ldm.modules.encoders.modules.FrozenOpenCLIPEmbedder",
     "unet": "ldm.modules.diffusionmodules.openaimodel.UNetModel",
     "kl": "ldm.models.autoencoder.AutoencoderKL",
     "vq": "ldm.models.autoencoder.VQModelInterface",
@@ -136,14 +154,45 @@ def _concat(cs: Any, f: int) -> ConcatConfig:
                      "(torch.nn.Identity, __is_first_stage__ or SpatialRescaler)")
 
 
+def _frozen_text(cs: Any, conditioning_key: Any) -> ConditionerConfig:
+    """SD's FrozenCLIPEmbedder (1.x: last layer) / FrozenOpenCLIPEmbedder (2.x: "penultimate" or "last")."""
+    target = str(cs.get("target")) if isinstance(cs, dict) else str(cs)
+    kind = "clip" if target.endswith("FrozenCLIPEmbedder") else "openclip"
+    if conditioning_key not in ("crossattn", "hybrid"):
+        raise ValueError(f"original config: {target.rsplit('.', 1)[-1]} with conditioning_key {conditioning_key!r} "
+                         "is not supported (crossattn, or hybrid for inpainting)")
+    p = (cs.get("params") if isinstance(cs, dict) else None) or {}
+    layer = p.get("layer", "last")
+    if layer not in (("last",) if kind == "clip" else ("last", "penultimate")):
+        raise ValueError(f"original config: cond_stage_config.params.layer={layer!r} is not supported for {target} "
+                         "(clip: last; openclip: last or penultimate)")
+    sizes = TEXT_SIZES[kind] | {"max_length": p.get("max_length", 77)}
+    if kind == "openclip" and layer == "last":
+        sizes["n_layer"] = 24
+    return ConditionerConfig(kind=kind, **sizes)
+
+
+def openclip_layer(yaml_dict: dict[str, Any]) -> str:
+    """The open_clip layer an original YAML reads ("last", FrozenOpenCLIPEmbedder's default, or "penultimate")."""
+    cs = yaml_dict.get("model", {}).get("params", {}).get("cond_stage_config")
+    return str(((cs.get("params") if isinstance(cs, dict) else None) or {}).get("layer", "last"))
+
+
 def _conditioner(cs: Any, conditioning_key: Any, f: int) -> tuple[ConditionerConfig, ConcatConfig]:
+    target = str(cs.get("target")) if isinstance(cs, dict) else str(cs)
+    if target.endswith(("FrozenCLIPEmbedder", "FrozenOpenCLIPEmbedder")):
+        concat = ConcatConfig(kind="inpaint", inpaint_layout="sd", paste_known=False) \
+            if conditioning_key == "hybrid" else ConcatConfig()
+        return _frozen_text(cs, conditioning_key), concat
+    if conditioning_key == "hybrid":
+        raise ValueError(f"original config: conditioning_key hybrid is supported with SD's text encoders only, "
+                         f"not {target!r}")
     if cs == "__is_unconditional__":
         if conditioning_key is not None:
             raise ValueError(f"original config: conditioning_key {conditioning_key!r} needs a cond stage")
         return ConditionerConfig(kind="none"), ConcatConfig()
     if conditioning_key == "concat":
         return ConditionerConfig(kind="none"), _concat(cs, f)
-    target = str(cs.get("target")) if isinstance(cs, dict) else str(cs)
     if target.endswith("BERTEmbedder"):
         return _bert(cs, conditioning_key), ConcatConfig()
     if not target.endswith("ClassEmbedder"):
@@ -195,6 +244,10 @@ def original_config_to_pipeline_config(yaml_dict: dict[str, Any]) -> PipelineCon
     key = p.get("conditioning_key") or ("concat" if p.get("concat_mode", True) and
                                         p["cond_stage_config"] != "__is_unconditional__" else None)
     conditioner, concat = _conditioner(p["cond_stage_config"], key, ae.downsample_factor)
+    model_target = str(yaml_dict["model"].get("target", ""))
+    if (key == "hybrid") != model_target.endswith("LatentInpaintDiffusion"):
+        raise ValueError(f"original config: model.target {model_target!r} with conditioning_key {key!r} is not "
+                         "supported (hybrid goes with LatentInpaintDiffusion)")
     return PipelineConfig(autoencoder=ae, unet=_unet(p["unet_config"]["params"]), conditioner=conditioner,
                           diffusion=diffusion, scale_factor=float(p.get("scale_factor", 1.0)), concat=concat)
 
@@ -226,9 +279,21 @@ def pipeline_config_to_original_config(cfg: PipelineConfig) -> dict[str, Any]:
                                                       "vocab_size": BERT_VOCAB_SIZE, "max_seq_len": c.max_length,
                                                       "use_tokenizer": True}}
         key, cond_key, trainable = "crossattn", "caption", True
+    elif c.kind in ("clip", "openclip"):
+        if c.clip_skip:
+            raise ValueError(f"original layout: conditioner.clip_skip={c.clip_skip} has no original equivalent "
+                             "(it is a sampling option: export with clip_skip 0)")
+        # SD 1.x's FrozenCLIPEmbedder takes no layer; the cut open_clip tower is read whole by "penultimate"
+        # (the original builds the full 24-layer tower and stops one below its top)
+        cond = {"target": TARGETS[c.kind]} if c.kind == "clip" else \
+            {"target": TARGETS[c.kind], "params": {"arch": "ViT-H-14", "version": "laion2b_s32b_b79k",
+                                                   "freeze": True, "layer": "penultimate"}}
+        key, cond_key = "crossattn", "txt"
     elif c.kind != "none":
         raise ValueError(f"original layout: conditioner kind {c.kind!r} has no original cond stage mapping yet")
-    if cfg.concat.kind != "none":
+    if is_hybrid(cfg):
+        key = "hybrid"
+    elif cfg.concat.kind != "none":
         k = cfg.concat
         if k.kind not in CONCAT_KEYS:
             raise ValueError(f"original layout: concat kind {k.kind!r} has no original cond stage")
@@ -247,7 +312,7 @@ def pipeline_config_to_original_config(cfg: PipelineConfig) -> dict[str, Any]:
                "first_stage_config": {"target": TARGETS[ae.kind], "params": first},
                "cond_stage_config": cond}
     # to_dict turns tuples into lists, which yaml.safe_dump accepts
-    return to_dict({"model": {"target": TARGETS["ldm"], "params": params}})
+    return to_dict({"model": {"target": TARGETS["sd_inpaint" if key == "hybrid" else "ldm"], "params": params}})
 
 
 # ------------------------------------------------------------------------------------------- state_dict
@@ -263,6 +328,12 @@ def pipeline_to_original_state_dict(pipe: Pipeline) -> dict[str, Tensor]:
         module = getattr(pipe, attr)
         if module is not None:
             sd |= {prefix + k: v.detach() for k, v in module.state_dict().items()}
+    kind = pipe.cfg.conditioner.kind
+    if kind == "clip":  # SD 1.x files carry CLIP's position ids; transformers no longer saves them
+        sd["cond_stage_model." + POSITION_IDS] = torch.arange(pipe.cfg.conditioner.max_length)[None]
+    elif kind == "openclip":
+        tower = {k[len("cond_stage_model."):]: sd.pop(k) for k in list(sd) if k.startswith("cond_stage_model.")}
+        sd |= {OPENCLIP + k: v for k, v in ldmkit_to_openclip(tower).items()}
     # the original registers its schedule as float32 buffers; they are recomputed, never read back
     sd |= {name: getattr(pipe.schedule, name).to(torch.float32) for name in SCHEDULE_BUFFERS}
     sd["scale_factor"] = torch.tensor(pipe.cfg.scale_factor, dtype=torch.float32)
@@ -273,52 +344,98 @@ def _short(names: list[str]) -> str:
     return ", ".join(names[:8]) + (f" (and {len(names) - 8} more)" if len(names) > 8 else "")
 
 
-def original_state_dict_to_pipeline(sd: dict[str, Tensor], cfg: PipelineConfig, use_ema: bool = True) -> Pipeline:
-    """Original LatentDiffusion state_dict + config -> Pipeline. With ``use_ema`` and ``model_ema.*``
-    present, the UNet gets the EMA weights. Missing, unexpected and mis-shaped keys raise ValueError."""
-    if "scale_factor" in sd:  # scale_by_std checkpoints store the fitted factor, which wins over the YAML
-        cfg = dataclasses.replace(cfg, scale_factor=float(sd["scale_factor"]))
-    pipe = Pipeline(cfg)
-    targets = {prefix: getattr(pipe, attr).state_dict() for prefix, attr in prefixes(cfg).items()
-               if getattr(pipe, attr) is not None}
+def float32_value(t: Tensor) -> float:
+    """The shortest decimal that is this float32 scalar (0.18215 stored as float32 reads back as 0.18215)."""
+    return float(np.format_float_positional(np.float32(float(t)), unique=True))
+
+
+def _plan(sd: Mapping[str, Tensor], targets: dict[str, dict[str, tuple[int, ...]]], cfg: PipelineConfig,
+          use_ema: bool) -> tuple[dict[str, dict[str, tuple[str, int | None]]], list[str], list[str]]:
+    """Where each target tensor comes from: {prefix: {local name: (checkpoint key, q/k/v part or None)}}, the keys
+    the checkpoint lacks and the keys it has that fit nowhere. Only names are looked at, no tensor is read."""
+    unet = "model.diffusion_model."
     ema_keys = [k for k in sd if k.startswith(EMA_PREFIX) and k not in IGNORED_KEYS]
-    take_ema = use_ema and bool(ema_keys)
-    loaded: dict[str, dict[str, Tensor]] = {prefix: {} for prefix in targets}
-    unexpected = []
-    for key, value in sd.items():
-        prefix = next((p for p in targets if key.startswith(p)), None)
-        if key in IGNORED_KEYS or key.startswith(IGNORED_PREFIXES) or (key.startswith(EMA_PREFIX) and not use_ema):
+    take_ema = use_ema and bool(ema_keys) and unet in targets
+    plan: dict[str, dict[str, tuple[str, int | None]]] = {prefix: {} for prefix in targets}
+    unexpected, consumed = [], set()
+    if cfg.conditioner.kind == "openclip":  # open_clip names, fused q/k/v
+        theirs = [k[len(OPENCLIP):] for k in sd if k.startswith(OPENCLIP)]
+        oc, dropped, unknown = openclip_plan(theirs, cfg.conditioner.n_layer)
+        plan["cond_stage_model."] = {k: (OPENCLIP + v, j) for k, (v, j) in oc.items()}
+        consumed = {OPENCLIP + k for k in theirs}
+        unexpected += [OPENCLIP + k for k in unknown]
+    for key in sd:
+        if key in consumed or key in IGNORED_KEYS or key.startswith(IGNORED_PREFIXES) or key.startswith(EMA_PREFIX):
             continue
-        if prefix is not None and key[len(prefix):] in targets[prefix]:
-            # with EMA weights taken, the raw UNet weights are present but unused
-            if not (take_ema and prefix == "model.diffusion_model."):
-                loaded[prefix][key[len(prefix):]] = value
-        elif not key.startswith(EMA_PREFIX):
+        prefix = next((p for p in targets if key.startswith(p)), None)
+        local = None if prefix is None else key[len(prefix):]
+        if local is not None and prefix == "cond_stage_model." and cfg.conditioner.kind == "clip" and \
+                local.startswith("transformer.") and not local.startswith("transformer.text_model."):
+            local = "transformer.text_model." + local[len("transformer."):]  # transformers < 4.22 had no text_model
+        if local is not None and local in targets[prefix]:
+            if not (take_ema and prefix == unet):  # with EMA weights taken, the raw UNet weights go unused
+                plan[prefix][local] = (key, None)
+        else:
             unexpected.append(key)
     if take_ema:
-        by_ema = {ema_name(k): k for k in targets["model.diffusion_model."]}
-        if len(by_ema) != len(targets["model.diffusion_model."]):
+        by_ema = {ema_name(k): k for k in targets[unet]}
+        if len(by_ema) != len(targets[unet]):
             raise ValueError("original checkpoint: dot-stripped EMA names of this UNet collide")
         unexpected += [k for k in ema_keys if k not in by_ema]
-        loaded["model.diffusion_model."] = {by_ema[k]: sd[k] for k in ema_keys if k in by_ema}
-    missing = [p + k for p, t in targets.items() for k in t if k not in loaded[p]]
+        plan[unet] = {by_ema[k]: (k, None) for k in ema_keys if k in by_ema}
+    missing = [p + k for p, t in targets.items() for k in t if k not in plan[p]]
     if take_ema:  # name missing EMA weights as the checkpoint would spell them
-        missing = [ema_name(k[len("model.diffusion_model."):]) if k.startswith("model.diffusion_model.") else k
-                   for k in missing]
+        missing = [ema_name(k[len(unet):]) if k.startswith(unet) else k for k in missing]
+    return plan, missing, unexpected
+
+
+def original_state_dict_to_pipeline(sd: Mapping[str, Tensor], cfg: PipelineConfig, use_ema: bool = True,
+                                    dtype: torch.dtype = torch.float32) -> Pipeline:
+    """Original LatentDiffusion state_dict (a dict or a lazy file) + config -> Pipeline, its weights in ``dtype``.
+    With ``use_ema`` and ``model_ema.*`` present, the UNet gets the EMA weights. Missing, unexpected and
+    mis-shaped keys raise ValueError before any tensor is read; each tensor is then read once, cast and kept as
+    the parameter itself (the networks are built on the meta device), so the weights are held once."""
+    if "scale_factor" in sd:  # scale_by_std checkpoints store the fitted factor, which wins over the YAML
+        cfg = dataclasses.replace(cfg, scale_factor=float32_value(sd["scale_factor"]))
+    pipe = empty_pipeline(cfg)
+    attrs = {prefix: attr for prefix, attr in prefixes(cfg).items() if getattr(pipe, attr) is not None}
+    targets = {prefix: {k: tuple(v.shape) for k, v in getattr(pipe, attr).state_dict().items()}
+               for prefix, attr in attrs.items()}
+    plan, missing, unexpected = _plan(sd, targets, cfg, use_ema)
+    fresh: dict[str, Tensor] = {}
     if VQ_CODEBOOK in missing:  # some released LDM checkpoints lack it (CompVis/stable-diffusion#284)
         missing.remove(VQ_CODEBOOK)
         warnings.warn(f"original checkpoint has no {VQ_CODEBOOK}; the VQ codebook stays randomly initialised")
+        n, d = targets["first_stage_model."]["quantize.embedding.weight"]
+        fresh["quantize.embedding.weight"] = torch.empty(n, d).uniform_(-1 / n, 1 / n)  # nn.Embedding's range
     if missing or unexpected:
         parts = ([f"missing keys: {_short(missing)}"] if missing else []) + \
                 ([f"unexpected keys: {_short(unexpected)}"] if unexpected else [])
         raise ValueError("original checkpoint: " + "; ".join(parts))
-    shapes = [p + k for p, t in targets.items() for k, v in loaded[p].items() if v.shape != t[k].shape]
-    if shapes:
-        raise ValueError(f"original checkpoint: shapes do not fit the config: {_short(shapes)}")
-    for prefix, attr in prefixes(cfg).items():
-        if prefix in targets:
-            getattr(pipe, attr).load_state_dict(loaded[prefix], strict=False)
-    return pipe.eval()
+
+    def shape(key: str, part: int | None) -> tuple[int, ...]:
+        s = shape_of(sd, key)
+        return s if part is None else (s[0] // 3, *s[1:])
+
+    bad = [f"{p}{k} {shape(*src)} != {targets[p][k]}" for p, t in plan.items() for k, src in t.items()
+           if shape(*src) != targets[p][k]]
+    if bad:
+        raise ValueError(f"original checkpoint: shapes do not fit the config: {_short(bad)}")
+    fused: dict[str, list[Tensor]] = {}  # open_clip's q/k/v rows, read once for the three parts
+
+    def fetcher(prefix: str):
+        def fetch(name: str) -> Tensor:
+            if name not in plan[prefix]:
+                return cast(fresh[name], dtype)
+            key, part = plan[prefix][name]
+            if part is None:
+                return cast(sd[key], dtype)
+            if key not in fused:
+                fused[key] = [cast(c, dtype).clone() for c in sd[key].chunk(3, dim=0)]
+            return fused[key][part] if part < 2 else fused.pop(key)[part]
+        return fetch
+
+    return fill_pipeline(pipe, {attr: fetcher(prefix) for prefix, attr in attrs.items()}, "original checkpoint")
 
 
 # ------------------------------------------------------------------------------------------- files
@@ -333,14 +450,44 @@ def export_original(pipe: Pipeline, path_ckpt: str | Path) -> tuple[Path, Path]:
     return path_ckpt, path_yaml
 
 
-def load_original(ckpt_path: str | Path, yaml_path: str | Path | None = None, use_ema: bool = True) -> Pipeline:
-    """An original checkpoint and its YAML (default: the checkpoint's name with ``.yaml``) -> Pipeline."""
+def with_text_options(cfg: PipelineConfig, options: dict[str, Any] | None, where: str) -> PipelineConfig:
+    """``cfg`` with ConditionerConfig fields (clip_skip, tokenizer, ...) replaced; only for CLIP text encoders."""
+    if not options:
+        return cfg
+    if cfg.conditioner.kind not in ("clip", "openclip"):
+        raise ValueError(f"{where}: {', '.join(options)} apply to CLIP text encoders; this model's conditioner is "
+                         f"{cfg.conditioner.kind!r}")
+    return dataclasses.replace(cfg, conditioner=dataclasses.replace(cfg.conditioner, **options))
+
+
+def load_original(ckpt_path: str | Path, yaml_path: str | Path | None = None, use_ema: bool = True,
+                  dtype: torch.dtype = torch.float32, prediction: str | None = None,
+                  text_options: dict[str, Any] | None = None) -> Pipeline:
+    """An original checkpoint and its YAML (default: the checkpoint's name with ``.yaml``) -> Pipeline, weights in
+    ``dtype``. Without a YAML beside it (and ``yaml_path`` None), a Stable Diffusion file's architecture is read off
+    its keys and shapes (sd_infer.py; ``prediction`` overrides the eps / v guess). ``text_options``: ConditionerConfig
+    fields (clip_skip, tokenizer) for an SD text encoder."""
+    from .sd_infer import infer_sd_config  # sd_infer imports this module's neighbours only
+
     ckpt_path = Path(ckpt_path)
+    guess = yaml_path is None and not ckpt_path.with_suffix(".yaml").is_file()
     yaml_path = Path(yaml_path) if yaml_path is not None else ckpt_path.with_suffix(".yaml")
-    if not yaml_path.is_file():
+    if not guess and not yaml_path.is_file():
         raise FileNotFoundError(f"{yaml_path}: original config not found (pass --config)")
-    cfg = original_config_to_pipeline_config(load_yaml(yaml_path))
-    return original_state_dict_to_pipeline(load_state_dict_file(ckpt_path), cfg, use_ema=use_ema)
+    sd = load_state_dict_file(ckpt_path, lazy=True)
+    if guess:
+        cfg = infer_sd_config(sd, ckpt_path, prediction)
+    else:
+        yaml_dict = load_yaml(yaml_path)
+        cfg = original_config_to_pipeline_config(yaml_dict)
+        kind = cfg.conditioner.kind
+        if kind in ("clip", "openclip"):  # the YAML names the tower, the weights give its sizes
+            cfg = dataclasses.replace(cfg, conditioner=clip_conditioner(
+                sd, kind, openclip_layer(yaml_dict), cfg.conditioner, str(ckpt_path)))
+        if prediction is not None:
+            cfg = dataclasses.replace(cfg, diffusion=dataclasses.replace(cfg.diffusion, parameterization=prediction))
+    cfg = with_text_options(cfg, text_options, str(ckpt_path))
+    return original_state_dict_to_pipeline(sd, cfg, use_ema=use_ema, dtype=dtype)
 
 
 def convert_file(src: str | Path, dst: str | Path, config: str | Path | None = None) -> list[Path]:

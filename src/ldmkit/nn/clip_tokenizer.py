@@ -63,10 +63,12 @@ def _check(path: Path, where: str) -> Path:
     if path.is_dir():
         if not (path / "vocab.json").exists() and (path / "tokenizer").is_dir():
             path = path / "tokenizer"  # a diffusers pipeline folder
+        if (path / "tokenizer.json").is_file() and not (path / "vocab.json").exists():
+            return path  # saved by transformers >= 5: vocabulary and merges inside tokenizer.json
         for name in ("vocab.json", "merges.txt"):
             if not (path / name).is_file():
                 raise ConfigError(f"{where}: {path / name} not found; a CLIP tokenizer folder holds vocab.json "
-                                  "and merges.txt")
+                                  "and merges.txt (or a tokenizer.json)")
         return path
     if not path.name.endswith((".txt", ".txt.gz")):
         raise ConfigError(f"{where}: {path} is not a BPE merges .txt/.txt.gz; expected {_EXPECTED}")
@@ -96,9 +98,18 @@ def _read_bpe(path: Path) -> tuple[dict[str, int], list[tuple[str, ...]]]:
 
 
 def _read_folder(path: Path) -> tuple[dict[str, int], list[tuple[str, ...]], str | None]:
-    vocab = json.loads((path / "vocab.json").read_text(encoding="utf-8"))
-    lines = (path / "merges.txt").read_text(encoding="utf-8").split("\n")
-    merges = [tuple(line.split()) for line in lines if line.strip() and not line.startswith("#version")]
+    if (path / "vocab.json").is_file():
+        vocab = json.loads((path / "vocab.json").read_text(encoding="utf-8"))
+        lines = (path / "merges.txt").read_text(encoding="utf-8").split("\n")
+        merges = [tuple(line.split()) for line in lines if line.strip() and not line.startswith("#version")]
+    else:  # tokenizer.json: {"model": {"vocab": {...}, "merges": ["a b", ...] or [["a", "b"], ...]}}
+        try:
+            model = json.loads((path / "tokenizer.json").read_text(encoding="utf-8"))["model"]
+            vocab = model["vocab"]
+            merges = [tuple(m.split()) if isinstance(m, str) else tuple(m) for m in model["merges"]]
+        except (json.JSONDecodeError, KeyError, TypeError):
+            raise ConfigError(f"conditioner.tokenizer: {path / 'tokenizer.json'} is not a BPE tokenizer file "
+                              "(no model.vocab / model.merges)") from None
     pad = None
     for name in ("tokenizer_config.json", "special_tokens_map.json"):  # the latter wins, as in transformers
         if (path / name).is_file():
