@@ -9,12 +9,15 @@ diffusers in the same run.
    written as one original-layout fp16 ``.safetensors`` (what a user downloads), and converted to a diffusers
    folder (fp16 too) for diffusers' ``from_pretrained``: diffusers' own single-file loader needs configs from the
    Hub, which this machine cannot reach.
-2. Every (side, precision) runs in a fresh process: ldmkit ``load_pipeline_any(file, precision=...)`` (cast while
-   loading), diffusers ``StableDiffusionPipeline.from_pretrained(folder, torch_dtype=...)``; then one 512x512
-   image, DPM++ 2M (trailing), 20 steps, guidance 7.5, decoded. Both run with the same threads.
-3. Figures per run: load time, sampling time, the process's peak resident set (VmHWM: imports, weights,
-   activations, everything) and the weights' size in the run dtype. Ratios: time diffusers / ldmkit (> 1: ldmkit
-   faster) and peak RSS ldmkit / diffusers (< 1: ldmkit smaller).
+2. Memory: every (side, precision) loads in a fresh process: ldmkit ``load_pipeline_any(file, precision=...)``
+   (cast while loading), diffusers ``StableDiffusionPipeline.from_pretrained(folder, torch_dtype=...)``, then
+   samples one image (``--mem-steps`` steps; the resident set is steady from the first step on). Figures: load
+   time, the process's peak resident set (VmHWM: imports, weights, activations, everything) and the weights' size
+   in the run dtype.
+3. Speed: one process per precision holds both pipelines and times one 512x512 image each, DPM++ 2M (trailing),
+   20 steps, guidance 7.5, decoded, in the order ldmkit, diffusers, diffusers, ldmkit (the machine's drift
+   cancels); the figure is each side's mean. Same threads on both sides.
+4. Ratios: time diffusers / ldmkit (> 1: ldmkit faster) and peak RSS ldmkit / diffusers (< 1: ldmkit smaller).
 
 Writes <out>.json and <out>.md and prints the table.
 """
@@ -83,59 +86,87 @@ def make_files(work: Path, tiny: bool) -> tuple[Path, Path, int]:
     return single, folder, n_params
 
 
-def child(side: str, precision: str, single: Path, folder: Path, steps: int, threads: int, side_px: int) -> dict:
-    torch.set_num_threads(threads)
-    method = reset_peak_rss()
-    dtype = DTYPES[precision]
-    t0 = time.perf_counter()
+def load(side: str, precision: str, single: Path, folder: Path):
+    """(pipeline, its three networks)."""
     if side == "ldmkit":
         from ldmkit.convert.loader import load_pipeline_any
 
         pipe = load_pipeline_any(single, precision=precision)
-        modules = [pipe.unet, pipe.autoencoder, pipe.conditioner]
-    else:
-        import diffusers
+        return pipe, [pipe.unet, pipe.autoencoder, pipe.conditioner]
+    import diffusers
 
-        pipe = diffusers.StableDiffusionPipeline.from_pretrained(str(folder), torch_dtype=dtype, safety_checker=None,
-                                                                 requires_safety_checker=False)
-        pipe.scheduler = diffusers.DPMSolverMultistepScheduler.from_config(pipe.scheduler.config,
-                                                                          timestep_spacing="trailing")
-        pipe.set_progress_bar_config(disable=True)
-        modules = [pipe.unet, pipe.vae, pipe.text_encoder]
+    pipe = diffusers.StableDiffusionPipeline.from_pretrained(str(folder), torch_dtype=DTYPES[precision],
+                                                             safety_checker=None, requires_safety_checker=False)
+    pipe.scheduler = diffusers.DPMSolverMultistepScheduler.from_config(pipe.scheduler.config,
+                                                                      timestep_spacing="trailing")
+    pipe.set_progress_bar_config(disable=True)
+    return pipe, [pipe.unet, pipe.vae, pipe.text_encoder]
+
+
+@torch.no_grad()
+def sample(side: str, pipe, precision: str, steps: int, side_px: int) -> torch.Tensor:
+    noise = torch.randn(1, 4, side_px // 8, side_px // 8, generator=torch.Generator().manual_seed(0))
+    if side == "ldmkit":
+        return pipe(prompt=[PROMPT], latents=noise, num_inference_steps=steps, guidance_scale=7.5,
+                    sampler="dpmpp_2m", spacing="trailing", height=side_px, output_type="pt")
+    return pipe(PROMPT, latents=noise.to(DTYPES[precision]), num_inference_steps=steps, guidance_scale=7.5,
+                height=side_px, width=side_px, output_type="pt").images
+
+
+def memory_child(side: str, precision: str, single: Path, folder: Path, steps: int, side_px: int) -> dict:
+    method = reset_peak_rss()
+    t0 = time.perf_counter()
+    pipe, modules = load(side, precision, single, folder)
     load_s = time.perf_counter() - t0
     weights_mib = sum(p.numel() * p.element_size() for m in modules for p in m.parameters()) / 2**20
-    rss_after_load = peak_rss_mib(method)
-    g = torch.Generator().manual_seed(0)
-    noise = torch.randn(1, 4, side_px // 8, side_px // 8, generator=g)
-    t0 = time.perf_counter()
-    with torch.no_grad():
-        if side == "ldmkit":
-            img = pipe(prompt=[PROMPT], latents=noise, num_inference_steps=steps, guidance_scale=7.5,
-                       sampler="dpmpp_2m", spacing="trailing", height=side_px, output_type="pt")
-        else:
-            img = pipe(PROMPT, latents=noise.to(dtype), num_inference_steps=steps, guidance_scale=7.5,
-                       height=side_px, width=side_px, output_type="pt").images
-    sample_s = time.perf_counter() - t0
-    return {"side": side, "precision": precision, "load_s": load_s, "sample_s": sample_s,
-            "peak_rss_mib": peak_rss_mib(method), "peak_rss_after_load_mib": rss_after_load,
-            "weights_mib": weights_mib, "finite": bool(torch.isfinite(img.float()).all()), "rss_method": method}
+    after_load = peak_rss_mib(method)
+    img = sample(side, pipe, precision, steps, side_px)
+    return {"side": side, "precision": precision, "load_s": load_s, "peak_rss_mib": peak_rss_mib(method),
+            "peak_rss_after_load_mib": after_load, "weights_mib": weights_mib,
+            "finite": bool(torch.isfinite(img.float()).all()), "rss_method": method}
 
 
-def table(runs: list[dict]) -> str:
-    by = {(r["side"], r["precision"]): r for r in runs}
-    lines = ["| precision | side | load (s) | sample (s) | peak RSS (MiB) | weights (MiB) | RSS / weights |",
+def speed_child(precision: str, single: Path, folder: Path, steps: int, side_px: int) -> dict:
+    pipes = {side: load(side, precision, single, folder)[0] for side in ("ldmkit", "diffusers")}
+    for side, pipe in pipes.items():  # warm-up: tokenizer, kernels' first-call set-up, page faults
+        sample(side, pipe, precision, 1, side_px)
+    times: dict[str, list[float]] = {"ldmkit": [], "diffusers": []}
+    for side in ("ldmkit", "diffusers", "diffusers", "ldmkit"):
+        t0 = time.perf_counter()
+        sample(side, pipes[side], precision, steps, side_px)
+        times[side].append(time.perf_counter() - t0)
+        print(side, precision, f"{times[side][-1]:.1f} s", file=sys.stderr, flush=True)
+    return {"precision": precision, "times": times}
+
+
+def table(mem: list[dict], speed: list[dict]) -> str:
+    sample_s = {(sp["precision"], side): sum(ts) / len(ts) for sp in speed for side, ts in sp["times"].items()}
+    by = {(r["side"], r["precision"]): r for r in mem}
+    lines = ["| precision | side | load (s) | sample (s, mean of 2) | peak RSS (MiB) | weights (MiB) | RSS / weights |",
              "|---|---|---|---|---|---|---|"]
-    for r in runs:
-        lines.append(f"| {r['precision']} | {r['side']} | {r['load_s']:.1f} | {r['sample_s']:.1f} | "
-                     f"{r['peak_rss_mib']:.0f} | {r['weights_mib']:.0f} | {r['peak_rss_mib'] / r['weights_mib']:.2f} |")
+    for r in mem:
+        t = sample_s.get((r["precision"], r["side"]), float("nan"))
+        lines.append(f"| {r['precision']} | {r['side']} | {r['load_s']:.1f} | {t:.1f} | {r['peak_rss_mib']:.0f} | "
+                     f"{r['weights_mib']:.0f} | {r['peak_rss_mib'] / r['weights_mib']:.2f} |")
     lines += ["", "| precision | time diffusers / ldmkit | load time diffusers / ldmkit | peak RSS ldmkit / diffusers |",
               "|---|---|---|---|"]
-    for p in dict.fromkeys(r["precision"] for r in runs):
+    for p in dict.fromkeys(r["precision"] for r in mem):
         a, b = by.get(("ldmkit", p)), by.get(("diffusers", p))
-        if a and b:
-            lines.append(f"| {p} | {b['sample_s'] / a['sample_s']:.2f} | {b['load_s'] / a['load_s']:.2f} | "
-                         f"{a['peak_rss_mib'] / b['peak_rss_mib']:.2f} |")
+        if a and b and (p, "ldmkit") in sample_s:
+            lines.append(f"| {p} | {sample_s[(p, 'diffusers')] / sample_s[(p, 'ldmkit')]:.2f} | "
+                         f"{b['load_s'] / a['load_s']:.2f} | {a['peak_rss_mib'] / b['peak_rss_mib']:.2f} |")
     return "\n".join(lines)
+
+
+def _run_child(spec: str, args, work: Path, out: Path) -> dict:
+    cmd = [sys.executable, __file__, "--child", spec, "--work", str(work), "--out", str(out), "--steps", str(args.steps),
+           "--mem-steps", str(args.mem_steps), "--size", str(args.size), "--threads", str(args.threads)]
+    res = subprocess.run(cmd, stdout=subprocess.PIPE, text=True, env=os.environ | {"TQDM_DISABLE": "1"})
+    line = next((x for x in res.stdout.splitlines() if x.startswith("RESULT ")), None)
+    if line is None:
+        raise SystemExit(f"{spec} failed (exit {res.returncode})")
+    print(line, flush=True)
+    return json.loads(line[len("RESULT "):])
 
 
 def main() -> None:
@@ -143,7 +174,8 @@ def main() -> None:
     ap.add_argument("--out", default="runs/bench/sd_full")
     ap.add_argument("--work", default=None, help="folder for the written checkpoint (default: beside --out)")
     ap.add_argument("--precisions", default="fp32,bf16")
-    ap.add_argument("--steps", type=int, default=20)
+    ap.add_argument("--steps", type=int, default=20, help="sampling steps of the timed images")
+    ap.add_argument("--mem-steps", type=int, default=3, help="sampling steps of the memory runs")
     ap.add_argument("--size", type=int, default=512)
     ap.add_argument("--threads", type=int, default=min(2, os.cpu_count() or 1))
     ap.add_argument("--tiny", action="store_true")
@@ -153,31 +185,27 @@ def main() -> None:
     work = Path(args.work) if args.work else out.parent / "sd_full_files"
     single, folder = work / "sd-v1-random-fp16.safetensors", work / "sd-v1-random-diffusers"
     if args.child:
-        side, precision = args.child.split(":")
-        print("RESULT " + json.dumps(child(side, precision, single, folder, args.steps, args.threads, args.size)))
+        torch.set_num_threads(args.threads)
+        kind, *rest = args.child.split(":")
+        res = speed_child(rest[0], single, folder, args.steps, args.size) if kind == "speed" else \
+            memory_child(kind, rest[0], single, folder, args.mem_steps, args.size)
+        print("RESULT " + json.dumps(res))
         return
     work.mkdir(parents=True, exist_ok=True)
     t0 = time.perf_counter()
     _, _, n_params = make_files(work, args.tiny)
     print(f"wrote {single} ({single.stat().st_size / 2**30:.2f} GiB, {n_params / 1e6:.0f}M parameters) and {folder} "
           f"in {time.perf_counter() - t0:.0f} s", flush=True)
-    runs = []
-    for precision in args.precisions.split(","):
-        for side in ("ldmkit", "diffusers"):
-            cmd = [sys.executable, __file__, "--child", f"{side}:{precision}", "--work", str(work), "--out", str(out),
-                   "--steps", str(args.steps), "--size", str(args.size), "--threads", str(args.threads)]
-            res = subprocess.run(cmd, capture_output=True, text=True, env=os.environ | {"TQDM_DISABLE": "1"})
-            line = next((x for x in res.stdout.splitlines() if x.startswith("RESULT ")), None)
-            if line is None:
-                raise SystemExit(f"{side}:{precision} failed:\n{res.stderr[-3000:]}")
-            runs.append(json.loads(line[len("RESULT "):]))
-            print(json.dumps(runs[-1]), flush=True)
+    precisions = args.precisions.split(",")
+    mem = [_run_child(f"{side}:{p}", args, work, out) for p in precisions for side in ("ldmkit", "diffusers")]
+    speed = [_run_child(f"speed:{p}", args, work, out) for p in precisions]
     meta = {"parameters": n_params, "file_gib": single.stat().st_size / 2**30, "steps": args.steps,
+            "mem_steps": args.mem_steps,
             "size": args.size, "threads": args.threads, "machine": platform.processor() or platform.machine(),
             "torch": torch.__version__, "tiny": args.tiny}
     out.parent.mkdir(parents=True, exist_ok=True)
-    out.with_suffix(".json").write_text(json.dumps({"meta": meta, "runs": runs}, indent=2))
-    text = table(runs)
+    out.with_suffix(".json").write_text(json.dumps({"meta": meta, "memory": mem, "speed": speed}, indent=2))
+    text = table(mem, speed)
     out.with_suffix(".md").write_text(text + "\n")
     print(text)
 

@@ -19,6 +19,7 @@ from torch import nn
 from .autoencoder import Autoencoder, AutoencoderConfig, IdentityFirstStage, build_autoencoder
 from .autoencoder.tiling import tiled_decode
 from .config import ConfigError, from_dict, to_dict
+from .device import release_free_memory
 from .diffusion import Schedule, ScheduleConfig, cfg_denoise, check_options, classifier_guided, ddim_invert, get_sampler
 from .diffusion.editing import paste_known, reimpose_known
 from .diffusion.noise import randn
@@ -362,6 +363,7 @@ class Pipeline(nn.Module):
                                 known=known, **options)
         if output_type == "latent":
             return z
+        release_free_memory(z.device)  # the steps' freed buffers, before the decode's large maps
         images = self.decode_latents(z, decode_tile).clamp(-1, 1)
         if self.cfg.concat.kind == "inpaint" and self.cfg.concat.paste_known:
             known_pixels = inputs.concat["masked_image"]

@@ -8,13 +8,13 @@ import json
 import numpy as np
 import pytest
 import torch
-from safetensors.torch import save_file
+from safetensors.torch import load_file, save_file
 from PIL import Image
 from torch import nn
 
 from ldmkit.cli.main import main
 from ldmkit.config import ConfigError
-from ldmkit.convert import export_diffusers, export_original, load_pipeline_any
+from ldmkit.convert import export_diffusers, export_original, load_autoencoder_any, load_pipeline_any
 from ldmkit.convert.clip_keys import ldmkit_to_openclip
 from ldmkit.convert.original import pipeline_to_original_state_dict
 from ldmkit.convert.sd_infer import guess_prediction
@@ -60,6 +60,14 @@ def test_single_file_without_yaml_infers_the_architecture(tiny_sd, tmp_path, ver
     again = load_pipeline_any(ckpt, config=yaml_path)
     assert again.cfg == pipe.cfg
     _same_weights(again, pipe)
+    # a .ckpt (restricted unpickler) without a YAML beside it: inferred as well
+    bare = tmp_path / path.with_suffix(".ckpt").name
+    bare.write_bytes(ckpt.read_bytes())
+    _same_weights(load_pipeline_any(bare), pipe)
+    # the first stage alone, for eval-autoencoder / cache-latents
+    vae, vae_cfg, scale = load_autoencoder_any(path)
+    assert vae_cfg == pipe.cfg.autoencoder and scale == pytest.approx(0.18215)
+    _same_weights(vae, pipe.autoencoder)
 
 
 def test_prediction_guess_and_override(tiny_sd, tmp_path):
@@ -273,6 +281,19 @@ def test_tokenizer_folder_missing_a_file(tiny_sd, tmp_path, capsys):
     assert main(["sample", str(folder), "--prompt", "a cat", "--out", str(tmp_path / "out")]) != 0
     err = capsys.readouterr().err.strip()
     assert "merges.txt not found" in err and "\n" not in err
+
+
+def test_cli_convert_to_an_fp16_diffusers_folder(tiny_sd, tmp_path, caplog):
+    path = tmp_path / NAMES["2"]
+    _write_original(tiny_sd("2"), path)
+    out = tmp_path / "sd2-fp16"
+    assert main(["convert", str(path), str(out), "--precision", "fp16"]) == 0
+    for f in ("unet/diffusion_pytorch_model.safetensors", "vae/diffusion_pytorch_model.safetensors",
+              "text_encoder/model.safetensors"):
+        assert {v.dtype for v in load_file(str(out / f)).values()} == {torch.float16}, f
+    dpipe = diffusers.StableDiffusionPipeline.from_pretrained(str(out), torch_dtype=torch.float16)
+    assert dpipe.scheduler.config.prediction_type == "v_prediction"
+    assert "v-prediction model (from its name" in caplog.text  # the guess from the name is said, not silent
 
 
 def test_cli_samples_a_single_file(tiny_sd, tmp_path):

@@ -41,10 +41,12 @@ class ResnetBlock(nn.Module):
         self.nin_shortcut = nn.Conv2d(in_channels, out_channels, 1) if in_channels != out_channels else None
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        h = self.conv1(group_norm_silu(self.norm1, x))  # (B, out, H, W)
-        h = self.conv2(self.dropout(group_norm_silu(self.norm2, h)))  # (B, out, H, W)
+        # conv1's output is dropped once normalised, before conv2 runs: at a 512x512 decode each map is 128 MiB
+        h = group_norm_silu(self.norm2, self.conv1(group_norm_silu(self.norm1, x)))  # (B, out, H, W)
+        h = self.conv2(self.dropout(h))  # (B, out, H, W)
         skip = x if self.nin_shortcut is None else self.nin_shortcut(x)  # (B, out, H, W)
-        return skip + h
+        # in place: h is conv2's fresh output, which its backward does not need; one map fewer at 512x512
+        return h.add_(skip)
 
 
 class AttnBlock(nn.Module):
@@ -68,7 +70,7 @@ class AttnBlock(nn.Module):
         q, k, v = (proj(y).reshape(b, 1, c, h * w).transpose(-1, -2).contiguous() for proj in (self.q, self.k, self.v))
         out = F.scaled_dot_product_attention(q, k, v)  # (B, 1, HW, C)
         out = out.transpose(-1, -2).reshape(b, c, h, w)  # (B, C, H, W)
-        return x + self.proj_out(out)
+        return self.proj_out(out).add_(x)  # in place into the fresh projection (see ResnetBlock)
 
 
 class Downsample(nn.Module):

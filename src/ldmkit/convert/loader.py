@@ -26,6 +26,7 @@ from ..pipeline import Pipeline
 from .diffusers import CONFIG, MODEL_INDEX, export_diffusers, load_diffusers, load_diffusers_autoencoder, load_into
 from .original import IGNORED_PREFIXES, _autoencoder, export_original, load_original, with_text_options
 from .safe_load import PICKLE_SUFFIXES, load_state_dict_file
+from .sd_infer import VAE, infer_sd_config
 
 Target = Literal["ldmkit", "diffusers", "original"]
 
@@ -90,9 +91,9 @@ def load_pipeline_any(path: str | Path, device: str | torch.device = "cpu", conf
 
 
 def _finish(pipe: Pipeline, precision: str) -> Pipeline:
-    """Eval mode; for half precision, the inference layout of set_precision (the weights are already cast)."""
-    pipe = pipe.eval()
-    return pipe.set_precision(precision) if precision != "fp32" else pipe
+    """Eval mode in the inference layout of set_precision (weights already cast; on a CPU the first stage goes
+    channels-last, which also lowers a 512x512 decode's peak memory: +1010 -> +730 MiB at SD 1.x size)."""
+    return pipe.eval().set_precision(precision)
 
 
 def _with_prediction(pipe: Pipeline, prediction: str) -> Pipeline:
@@ -113,7 +114,19 @@ def with_text_options_pipe(pipe: Pipeline, options: dict[str, Any] | None, where
     return pipe
 
 
+def _sd_autoencoder(path: Path) -> tuple[Autoencoder, AutoencoderConfig, float]:
+    """The VAE of a Stable Diffusion single file without a YAML: only its ``first_stage_model.*`` tensors are read."""
+    sd = load_state_dict_file(path, lazy=True)
+    cfg = infer_sd_config(sd, path)
+    vae = {k[len(VAE):]: sd[k] for k in sd if k.startswith(VAE) and not k.startswith(IGNORED_PREFIXES)}
+    model = Autoencoder(cfg.autoencoder)
+    load_into(model, vae, str(path))
+    return model.eval().requires_grad_(False), cfg.autoencoder, cfg.scale_factor
+
+
 def _original_autoencoder(path: Path, config: str | Path | None) -> tuple[Autoencoder, AutoencoderConfig, float]:
+    if config is None and not path.with_suffix(".yaml").is_file() and path.is_file():
+        return _sd_autoencoder(path)
     yaml_path = _original_yaml(path, config)
     model_cfg = load_yaml(yaml_path).get("model")
     target = str(model_cfg.get("target", "")) if isinstance(model_cfg, dict) else ""
@@ -174,9 +187,9 @@ def infer_target(dst: str | Path) -> Target:
 
 
 def convert_any(src: str | Path, dst: str | Path, config: str | Path | None = None,
-                to: Target | None = None) -> list[Path]:
-    """The ``ldmkit convert`` command: any readable pipeline -> ldmkit / diffusers / original. Returns the
-    written paths."""
+                to: Target | None = None, precision: str = "fp32", prediction: str | None = None) -> list[Path]:
+    """The ``ldmkit convert`` command: any readable pipeline -> ldmkit / diffusers / original, its weights in
+    ``precision``. Returns the written paths."""
     target = to or infer_target(dst)
     if target not in ("ldmkit", "diffusers", "original"):
         raise ConfigError(f"--to: expected ldmkit, diffusers or original, got {target!r}")
@@ -184,7 +197,7 @@ def convert_any(src: str | Path, dst: str | Path, config: str | Path | None = No
         raise ConfigError(f"{dst}: an original checkpoint must end in .ckpt")
     if target == "ldmkit" and Path(dst).suffix != ".safetensors":
         raise ConfigError(f"{dst}: an ldmkit pipeline must end in .safetensors")
-    pipe = load_pipeline_any(src, config=config)
+    pipe = load_pipeline_any(src, config=config, precision=precision, prediction=prediction)
     if target == "diffusers":
         return [export_diffusers(pipe, dst)]
     if target == "original":

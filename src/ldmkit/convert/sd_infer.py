@@ -151,8 +151,9 @@ def infer_sd_config(sd: Mapping[str, Tensor], path: str | Path, prediction: str 
                           f"width {unet.context_dim}")
     if prediction is None:
         prediction = guess_prediction(name, kind)
-        log.info("%s: %s-prediction (%s; pass --prediction to change)", name, prediction,
-                 "SD 2.x 768 file name" if prediction == "v" else "SD 1.x or SD 2.x 512 / inpainting")
+        if kind == "openclip":  # SD 1.x is always eps; for SD 2.x the name decided, so say so
+            log.warning("%s: read as an SD 2.x %s-prediction model (from its name; --prediction eps|v to change)",
+                        name, prediction)
     latent = unet.out_channels
     resolution = 768 if prediction == "v" else 512  # the side each release was trained at
     vae = _vae(sd, keys, resolution, str(path))
