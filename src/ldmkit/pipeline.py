@@ -126,6 +126,22 @@ class Pipeline(nn.Module):
         self.autoencoder = prepare_inference(self.autoencoder, dtype, first_stage=True)
         return self
 
+    def load_lora(self, path: str | Path, scale: float = 1.0, name: str | None = None) -> str:
+        """A LoRA file (kohya or diffusers layout) onto the UNet / text encoder as adapter ``name`` (default: the
+        file's stem), at ``scale``; several may be loaded. Returns the adapter's name (convert/lora_file.py)."""
+        from .convert.lora_file import load_lora  # convert builds on this module
+
+        return load_lora(self, path, scale, name)
+
+    def merge_lora(self) -> "Pipeline":
+        """Fold every loaded LoRA into the weights (plain layers again: saved and exported like any pipeline)."""
+        from .nn.lora import merge_lora
+
+        for module in (self.unet, self.conditioner):
+            if module is not None:
+                merge_lora(module)
+        return self
+
     # ---------------------------------------------------------------- latents
     @torch.no_grad()
     def encode_latents(self, x: torch.Tensor, generator: torch.Generator | None = None,

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import argparse
+from pathlib import Path
 
 
 def add_convert_parser(sub) -> None:
@@ -26,3 +27,47 @@ def convert_command(args: argparse.Namespace) -> None:
 
     print(" ".join(str(p) for p in convert_any(args.src, args.dst, args.config, args.to, args.precision,
                                                args.prediction)))
+
+
+def parse_lora(spec: str) -> tuple[str, float]:
+    """``FILE`` or ``FILE:SCALE`` -> (file, scale)."""
+    head, sep, tail = spec.rpartition(":")
+    if sep:
+        try:
+            return head, float(tail)
+        except ValueError:
+            pass
+    return spec, 1.0
+
+
+def add_lora_arg(p) -> None:
+    p.add_argument("--lora", action="append", default=[], metavar="FILE[:SCALE]",
+                   help="a LoRA file (kohya or diffusers layout) at SCALE (default 1); repeatable")
+
+
+def add_merge_lora_parser(sub) -> None:
+    p = sub.add_parser("merge-lora", help="bake LoRA files into a checkpoint (any format convert writes)")
+    p.add_argument("checkpoint", help="pipeline.safetensors, an original .ckpt / .safetensors or a diffusers folder")
+    p.add_argument("out", help="the merged checkpoint: .safetensors (ldmkit), .ckpt (original) or a folder (diffusers)")
+    add_lora_arg(p)
+    p.add_argument("--config", default=None, help="the original YAML of CHECKPOINT (SD files need none)")
+    p.add_argument("--to", choices=("ldmkit", "diffusers", "original"), default=None)
+    p.add_argument("--precision", choices=("fp32", "bf16", "fp16"), default="fp32")
+
+
+def merge_lora_command(args: argparse.Namespace) -> None:
+    from ..convert.loader import check_target, load_pipeline_any, write_pipeline
+
+    if not args.lora:
+        raise ValueError("merge-lora: pass at least one --lora FILE[:SCALE]")
+    target = check_target(args.out, args.to)
+    loras = [parse_lora(s) for s in args.lora]
+    for f, _ in loras:
+        if not Path(f).is_file():
+            raise FileNotFoundError(f"{f}: file not found")
+    pipe = load_pipeline_any(args.checkpoint, config=args.config, precision=args.precision)
+    for f, scale in loras:
+        pipe.load_lora(f, scale)
+    pipe.merge_lora()
+    extra = {"merged_from": Path(args.checkpoint).name, "loras": [f"{Path(f).name}:{s}" for f, s in loras]}
+    print(" ".join(str(p) for p in write_pipeline(pipe, args.out, target, extra)))

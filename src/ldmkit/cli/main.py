@@ -8,7 +8,7 @@ import sys
 
 from ..config import ConfigError
 from ..diffusion.timesteps import SPACINGS
-from .convert import add_convert_parser, convert_command
+from .convert import add_convert_parser, add_lora_arg, add_merge_lora_parser, convert_command, merge_lora_command
 
 
 def _add_train(sub, name: str, help_text: str) -> None:
@@ -124,6 +124,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--clip-skip", type=int, default=None,
                    help="CLIP text encoders: read the output this many layers before the last (web UIs' "
                         "'Clip skip 2' is 1)")
+    add_lora_arg(p)
     p.add_argument("--tokenizer", default=None,
                    help="CLIP tokenizer folder or bpe_simple_vocab_16e6.txt.gz (default: the model's own, else "
                         "$LDMKIT_CLIP_VOCAB, else open-clip-torch's copy)")
@@ -194,6 +195,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("overrides", nargs="*", help="ae.section.key=value or ldm.section.key=value overrides")
 
     add_convert_parser(sub)
+    add_merge_lora_parser(sub)
     return parser
 
 
@@ -286,6 +288,8 @@ def _run(args: argparse.Namespace) -> None:
         run_demo(args)
     elif args.command == "convert":
         convert_command(args)
+    elif args.command == "merge-lora":
+        merge_lora_command(args)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -15,6 +15,7 @@ from ..convert.loader import load_pipeline_any
 from ..diffusion import check_options, sampler_name
 from ..nn.noisy_classifier import load_noisy_classifier
 from ..pipeline_inputs import CONTEXT_KEYS
+from .convert import parse_lora
 
 
 def parse_classes(values: list[str] | None, names: list[str], num_classes: int) -> list[int]:
@@ -127,6 +128,8 @@ def sample_command(args: argparse.Namespace) -> None:
     pipe = load_pipeline_any(  # ldmkit, original .ckpt / .safetensors (SD: no YAML needed) or diffusers folder
         args.checkpoint, device=resolve_device(args.device), config=args.config, precision=args.precision,
         prediction=args.prediction, text_options=text)
+    for path, scale in map(parse_lora, args.lora):
+        pipe.load_lora(path, scale)
     if guide:
         pipe.check_classifier(guide["classifier"])
     items = condition_inputs(args, pipe)
@@ -134,7 +137,7 @@ def sample_command(args: argparse.Namespace) -> None:
     out.mkdir(parents=True, exist_ok=True)
     settings = {"checkpoint": str(args.checkpoint), "sampler": sampler_name(args.sampler), "steps": args.steps,
                 "guidance": args.guidance, "guidance_rescale": args.guidance_rescale, "precision": args.precision,
-                **text, **options}
+                **text, **({"lora": args.lora} if args.lora else {}), **options}
     if guide:
         settings |= {"classifier": str(args.classifier), "classifier_scale": args.classifier_scale}
     images = []

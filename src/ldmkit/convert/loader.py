@@ -20,6 +20,7 @@ from safetensors import safe_open
 
 from ..autoencoder import Autoencoder, AutoencoderConfig, load_autoencoder
 from ..config import ConfigError, load_yaml
+from ..device import release_free_memory
 from ..diffusion import Schedule
 from ..nn.inference import inference_dtype
 from ..pipeline import Pipeline
@@ -92,8 +93,11 @@ def load_pipeline_any(path: str | Path, device: str | torch.device = "cpu", conf
 
 def _finish(pipe: Pipeline, precision: str) -> Pipeline:
     """Eval mode in the inference layout of set_precision (weights already cast; on a CPU the first stage goes
-    channels-last, which also lowers a 512x512 decode's peak memory: +1010 -> +730 MiB at SD 1.x size)."""
-    return pipe.eval().set_precision(precision)
+    channels-last, which also lowers a 512x512 decode's peak memory: +1010 -> +730 MiB at SD 1.x size); the
+    read buffers and layout copies the load freed go back to the OS."""
+    pipe = pipe.eval().set_precision(precision)
+    release_free_memory(pipe.device)
+    return pipe
 
 
 def _with_prediction(pipe: Pipeline, prediction: str) -> Pipeline:
@@ -190,6 +194,13 @@ def convert_any(src: str | Path, dst: str | Path, config: str | Path | None = No
                 to: Target | None = None, precision: str = "fp32", prediction: str | None = None) -> list[Path]:
     """The ``ldmkit convert`` command: any readable pipeline -> ldmkit / diffusers / original, its weights in
     ``precision``. Returns the written paths."""
+    target = check_target(dst, to)
+    pipe = load_pipeline_any(src, config=config, precision=precision, prediction=prediction)
+    return write_pipeline(pipe, dst, target, {"converted_from": Path(src).name})
+
+
+def check_target(dst: str | Path, to: Target | None) -> Target:
+    """The output format of ``dst`` (``to`` or its name), checked before anything is loaded."""
     target = to or infer_target(dst)
     if target not in ("ldmkit", "diffusers", "original"):
         raise ConfigError(f"--to: expected ldmkit, diffusers or original, got {target!r}")
@@ -197,10 +208,14 @@ def convert_any(src: str | Path, dst: str | Path, config: str | Path | None = No
         raise ConfigError(f"{dst}: an original checkpoint must end in .ckpt")
     if target == "ldmkit" and Path(dst).suffix != ".safetensors":
         raise ConfigError(f"{dst}: an ldmkit pipeline must end in .safetensors")
-    pipe = load_pipeline_any(src, config=config, precision=precision, prediction=prediction)
+    return target
+
+
+def write_pipeline(pipe: Pipeline, dst: str | Path, target: Target, extra: dict[str, Any]) -> list[Path]:
+    """``pipe`` as an ldmkit file, a diffusers folder or an original .ckpt (+ .yaml); returns the written paths."""
     if target == "diffusers":
         return [export_diffusers(pipe, dst)]
     if target == "original":
         return list(export_original(pipe, dst))
-    pipe.save(Path(dst), {"converted_from": Path(src).name})
+    pipe.save(Path(dst), extra)
     return [Path(dst)]

@@ -170,7 +170,8 @@ class FeedForward(nn.Module):
 
     def forward(self, x: Tensor) -> Tensor:
         geglu, drop, out = self.net
-        if drop.p and self.training:
+        # the fused kernel reads out's weight itself: a wrapped out (a LoRA adapter) must run as a module
+        if (drop.p and self.training) or type(out) is not nn.Linear:
             return self.net(x)
         return gated_gelu_linear(geglu.proj(x), out.weight, out.bias)  # (..., dim): no dropout between them
 
