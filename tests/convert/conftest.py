@@ -24,7 +24,7 @@ def tiny_sd_config(version: str = "1", inpaint: bool = False) -> PipelineConfig:
     unet = UNetConfig(in_channels=9 if inpaint else 4, out_channels=4, model_channels=64 if sd2 else 32,
                       channel_mult=(1, 2, 2, 2) if sd2 else (1, 2, 4, 4), num_res_blocks=1,
                       attention_resolutions=(1, 2, 4), use_spatial_transformer=True, transformer_depth=1,
-                      context_dim=64, legacy=False, use_linear_in_transformer=sd2,
+                      context_dim=64, legacy=False, use_linear_in_transformer=sd2, upcast_attention=sd2,
                       **(dict(num_head_channels=64) if sd2 else dict(num_heads=8)))
     vae = AutoencoderConfig(kind="kl", in_channels=3, resolution=768 if v else 512, ch=32, ch_mult=(1, 2, 2, 2),
                             num_res_blocks=1, attn_resolutions=(), mid_attn=True, z_channels=4, embed_dim=4)

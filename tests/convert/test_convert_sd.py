@@ -70,6 +70,22 @@ def test_single_file_without_yaml_infers_the_architecture(tiny_sd, tmp_path, ver
     _same_weights(vae, pipe.autoencoder)
 
 
+def test_editing_features_work_on_sd_models(tiny_sd):
+    """img2img, inpaint-any-model, a size beyond the default and tiled decoding on an SD pipeline."""
+    pipe = tiny_sd("1")
+    g = torch.Generator().manual_seed(0)
+    image = torch.rand(1, 3, 64, 64, generator=g) * 2 - 1
+    mask = torch.zeros(1, 1, 64, 64)
+    mask[..., :, 32:] = 1
+    kw = dict(prompt=PROMPT, num_inference_steps=4, output_type="pt", seeds=[0], negative_prompt=["blurry"])
+    img2img = pipe(image=image, strength=0.5, **kw)
+    repaint = pipe(image=image, mask=mask, **kw)
+    assert img2img.shape == repaint.shape == (1, 3, 64, 64)
+    torch.testing.assert_close(repaint[..., :32], image[..., :32])  # the known half is kept exactly
+    wide = pipe(height=64, width=128, decode_tile=4, **kw)
+    assert wide.shape == (1, 3, 64, 128) and torch.isfinite(wide).all()
+
+
 def test_prediction_guess_and_override(tiny_sd, tmp_path):
     assert guess_prediction("v2-1_768-ema-pruned.safetensors", "openclip") == "v"
     assert guess_prediction("768-v-ema.ckpt", "openclip") == "v"

@@ -248,7 +248,10 @@ def original_config_to_pipeline_config(yaml_dict: dict[str, Any]) -> PipelineCon
     if (key == "hybrid") != model_target.endswith("LatentInpaintDiffusion"):
         raise ValueError(f"original config: model.target {model_target!r} with conditioning_key {key!r} is not "
                          "supported (hybrid goes with LatentInpaintDiffusion)")
-    return PipelineConfig(autoencoder=ae, unet=_unet(p["unet_config"]["params"]), conditioner=conditioner,
+    unet = _unet(p["unet_config"]["params"])
+    if conditioner.kind == "openclip":  # SD 2.x's attention always runs in float32 (its ATTN_PRECISION default)
+        unet = dataclasses.replace(unet, upcast_attention=True)
+    return PipelineConfig(autoencoder=ae, unet=unet, conditioner=conditioner,
                           diffusion=diffusion, scale_factor=float(p.get("scale_factor", 1.0)), concat=concat)
 
 

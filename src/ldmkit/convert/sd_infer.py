@@ -7,6 +7,7 @@ attention placement, the text tower and the inpainting channels are in the tenso
   tower: CLIP ViT-L -> 8 heads, OpenCLIP ViT-H -> 64-channel heads), and CLIP text towers 64 channels per head;
 - what the UNet predicts: SD 2.x 768 models predict v, the 512 "base", inpainting and depth models eps. The
   file name decides ("768" or "-v" -> v) unless ``prediction`` is given, and the choice is logged;
+- upcast attention: set for SD 2.x, whose code always attends in float32 (2.1 768-v overflows float16);
 - the noise schedule: every SD release trains on the same one (1000 steps, "linear" 0.00085-0.012), with latents
   scaled by 0.18215.
 
@@ -14,6 +15,7 @@ Shapes are read with :func:`shape_of`, so a lazy file is not read to infer its a
 """
 from __future__ import annotations
 
+import dataclasses
 import logging
 import re
 from collections.abc import Mapping
@@ -154,6 +156,8 @@ def infer_sd_config(sd: Mapping[str, Tensor], path: str | Path, prediction: str 
         if kind == "openclip":  # SD 1.x is always eps; for SD 2.x the name decided, so say so
             log.warning("%s: read as an SD 2.x %s-prediction model (from its name; --prediction eps|v to change)",
                         name, prediction)
+    if kind == "openclip":  # SD 2.x's code attends in float32 (its 768-v logits overflow float16)
+        unet = dataclasses.replace(unet, upcast_attention=True)
     latent = unet.out_channels
     resolution = 768 if prediction == "v" else 512  # the side each release was trained at
     vae = _vae(sd, keys, resolution, str(path))
