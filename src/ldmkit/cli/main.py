@@ -40,6 +40,15 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     _add_train(sub, "train-autoencoder", "train a first-stage autoencoder (KL or VQ)")
     _add_train(sub, "train-ldm", "train a latent diffusion model over a frozen autoencoder")
+    p = sub.add_parser("fine-tune", help="adapt a released checkpoint to your images (LoRA or every weight)")
+    p.add_argument("checkpoint", help="any checkpoint `ldmkit sample` reads (ldmkit, original single file, diffusers)")
+    p.add_argument("data", help="image folder (captions: x.txt beside x.png, captions.jsonl or metadata.jsonl; or "
+                                "class subfolders) or a folder of .tar shards")
+    mode = p.add_mutually_exclusive_group()
+    mode.add_argument("--lora", type=int, default=4, metavar="RANK", help="LoRA rank (default 4)")
+    mode.add_argument("--full", action="store_true", help="train every UNet weight instead of adapters")
+    p.add_argument("overrides", nargs="*", help="train-ldm overrides, e.g. train.steps=500 train.lr=1e-4")
+    p.add_argument("--no-resume", action="store_true", help="start fresh even if the run folder has a checkpoint")
 
     p = sub.add_parser("cache-latents", help="encode an LDM preset's training set once (latent cache for train-ldm)",
                        description="Encode the training images (and their mirror images when data.flip) with the "
@@ -214,6 +223,13 @@ def _run(args: argparse.Namespace) -> None:
             path = train_ldm(load_config(LDMRunConfig, args.config, args.overrides), resume=not args.no_resume)
         if int(os.environ.get("RANK", "0")) == 0:  # under torchrun every rank returns the path; one line is enough
             print(f"weights: {path}")
+    elif args.command == "fine-tune":
+        from ..training.ldm_loop import fine_tune
+
+        path = fine_tune(args.checkpoint, args.data, 0 if args.full else args.lora, args.overrides,
+                         resume=not args.no_resume)
+        if int(os.environ.get("RANK", "0")) == 0:
+            print(f"weights: {path}")
     elif args.command == "cache-latents":
         from ..config import load_config
         from ..training.ldm_loop import LDMRunConfig, cache_latents
@@ -294,7 +310,12 @@ def _run(args: argparse.Namespace) -> None:
 
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
-    args = parser.parse_args(argv)
+    args, extra = parser.parse_known_args(argv)
+    # key=value overrides may follow options (`fine-tune CKPT DATA --lora 4 train.steps=500`)
+    if extra and hasattr(args, "overrides") and all("=" in e and not e.startswith("-") for e in extra):
+        args.overrides = list(args.overrides) + extra
+    elif extra:
+        parser.error(f"unrecognized arguments: {' '.join(extra)}")
     if args.command is None:
         parser.print_help()
         return 2

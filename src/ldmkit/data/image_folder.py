@@ -27,17 +27,19 @@ def scan(root: Path) -> list[Path]:
     return sorted(files, key=lambda p: p.relative_to(root).as_posix())
 
 
-def read_captions_jsonl(path: Path) -> dict[str, str]:
-    """``captions.jsonl`` lines ``{"file": "rel/path.png", "caption": "..."}`` -> {rel path: caption}."""
+def read_captions_jsonl(path: Path, file_key: str = "file", caption_keys: tuple[str, ...] = ("caption",)) -> dict[str, str]:
+    """``captions.jsonl`` lines ``{"file": "rel/path.png", "caption": "..."}`` -> {rel path: caption}; diffusers'
+    ``metadata.jsonl`` is the same with ``file_name`` and ``text`` (or ``caption`` / ``prompt``)."""
     captions: dict[str, str] = {}
     for lineno, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1):
         if not line.strip():
             continue
         try:
             row = json.loads(line)
-            captions[Path(row["file"]).as_posix()] = str(row["caption"])
-        except (json.JSONDecodeError, KeyError, TypeError):
-            raise DataError(f"{path}:{lineno}: expected {{\"file\": ..., \"caption\": ...}}, "
+            text = next(row[k] for k in caption_keys if k in row)
+            captions[Path(row[file_key]).as_posix()] = str(text)
+        except (json.JSONDecodeError, KeyError, TypeError, StopIteration):
+            raise DataError(f"{path}:{lineno}: expected {{\"{file_key}\": ..., \"{caption_keys[0]}\": ...}}, "
                             f"got {line.strip()[:80]!r}") from None
     return captions
 
@@ -60,11 +62,13 @@ def folder_classes(root: Path, files: list[Path]) -> list[str]:
 
 
 def folder_captions(root: Path, files: list[Path]) -> list[str | None]:
-    """Each file's caption: a sidecar ``x.txt`` wins over ``captions.jsonl``, then ``captions.json`` at the
-    root; None where an image has none."""
+    """Each file's caption: a sidecar ``x.txt`` wins over ``captions.jsonl``, then ``metadata.jsonl``, then
+    ``captions.json`` at the root; None where an image has none."""
     table: dict[str, str] = {}
     if (root / "captions.json").is_file():
         table |= read_captions_json(root / "captions.json")
+    if (root / "metadata.jsonl").is_file():  # diffusers' / kohya's image-folder layout
+        table |= read_captions_jsonl(root / "metadata.jsonl", "file_name", ("text", "caption", "prompt"))
     if (root / "captions.jsonl").is_file():
         table |= read_captions_jsonl(root / "captions.jsonl")
     captions: list[str | None] = []

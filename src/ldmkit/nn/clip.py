@@ -68,6 +68,7 @@ class ClipTextConditioner(Conditioner):
         self.tokenizer_source = cfg.tokenizer
         self.pad_token = cfg.pad_token or CLIP_DEFAULTS[cfg.kind][1]
         self._tokenizer: list[ClipTokenizer] = []  # a list: kept out of module registration and deep copies
+        self.requires_grad_(False)  # frozen, as SD trains (FrozenCLIPEmbedder); LoRA adapters may train on it
 
     @property
     def text_model(self) -> nn.Module:

@@ -11,6 +11,7 @@ from torch import nn
 
 from ..autoencoder import AutoencoderConfig, IdentityFirstStage
 from ..convert.loader import load_autoencoder_any, load_pipeline_any
+from ..convert.lora_file import save_lora
 from ..device import resolve_device
 from ..config import ConfigError, require, to_dict
 from ..data import DataConfig, build_dataset, collate, first_items
@@ -20,6 +21,7 @@ from ..evaluation.periodic import PeriodicEval
 from ..imageio import save_grid
 from ..nn import ConditionerConfig, UNetConfig, build_conditioner
 from ..nn.concat import ConcatConfig
+from ..nn.lora import TEXT_TARGETS, LoraSpec, add_lora
 from ..pipeline import Pipeline, PipelineConfig
 from ..pipeline_inputs import batch_conditioning, gather_inputs
 from .checkpoint import Checkpointer
@@ -56,9 +58,17 @@ class LDMTrainConfig(TrainConfig):
     eval_steps: int = 25
     eval_extractor: str = "fmnist"      # fmnist (in-project classifier) | inception (needs eval_weights)
     eval_weights: str = ""
+    # LoRA fine-tuning (peft adapters, nn/lora.py): rank > 0 trains adapters only, the released weights frozen;
+    # the run writes lora.safetensors (kohya layout) beside the merged pipeline.safetensors
+    lora_rank: int = 0
+    lora_alpha: float = 0.0             # 0 = the rank (update scale 1)
+    lora_dropout: float = 0.0
+    lora_feed_forward: bool = False     # also the transformer blocks' feed-forward layers
+    lora_text_encoder: bool = False     # also the CLIP text encoder's attention projections
 
     def __post_init__(self) -> None:
         super().__post_init__()
+        require(self.lora_rank >= 0, "lora_rank", f"must be >= 0 (0 = train every weight), got {self.lora_rank}")
         require(0.0 <= self.p_uncond < 1.0, "p_uncond", f"must be in [0, 1), got {self.p_uncond}")
         require(0.0 < self.ema_decay < 1.0, "ema_decay", f"must be in (0, 1), got {self.ema_decay}")
         require(self.eval_every >= 0, "eval_every", f"must be >= 0, got {self.eval_every}")
@@ -242,16 +252,16 @@ def open_embedding_cache(cfg: LDMRunConfig, conditioner) -> EmbeddingStore | Non
     return EmbeddingStore.open(embedding_cache_dir(_first_stage_path(cfg), cfg.data, key), key)
 
 
-def train_ldm(cfg: LDMRunConfig, resume: bool = True) -> Path:
+def train_ldm(cfg: LDMRunConfig, resume: bool = True, released: Pipeline | None = None) -> Path:
     """Train the denoiser; writes checkpoints and ``pipeline.safetensors`` (EMA weights); returns its path.
+    ``released``: the ``init_from`` pipeline when the caller has loaded it already.
 
     Runs as one process, or as one rank of a ``torchrun`` job (see docs/train-on-many-gpus.md).
     """
     if not pixel_space(cfg):
         _first_stage_path(cfg)
-    released = None
     if cfg.init_from:
-        released = load_pipeline_any(cfg.init_from)
+        released = released or load_pipeline_any(cfg.init_from)
         cfg = adopt_release(cfg, released)
     out, device, dist = start_run(cfg, cfg.train)
     try:
@@ -285,6 +295,8 @@ def _train(cfg: LDMRunConfig, released: Pipeline | None, resume: bool, out: Path
                          "delete it and run `ldmkit cache-latents` again")
     if tc.channels_last:
         pipe.unet.to(memory_format=torch.channels_last)
+    if tc.lora_rank:  # before the optimizer, the EMA copy and the checkpoint restore, which all see the adapters
+        n_lora = add_adapters(pipe, tc)
     store = open_embedding_cache(cfg, pipe.conditioner)
     if store is not None:  # before the EMA copy, which then shares it
         pipe.conditioner.store = store
@@ -314,6 +326,10 @@ def _train(cfg: LDMRunConfig, released: Pipeline | None, resume: bool, out: Path
     log = RunLogger(out, tc.steps, step, enabled=dist.is_main, tensorboard=tc.tensorboard)
     if store is not None:
         log.write(f"text embeddings of {len(store)} captions from {store.path} (the encoder runs for others only)")
+    trainable = sum(p.numel() for p in denoiser.parameters() if p.requires_grad)
+    log.write(f"trainable parameters: {trainable:,} of {sum(p.numel() for p in denoiser.parameters()):,}"
+              + (f" (LoRA rank {tc.lora_rank}: {n_lora:,})" if tc.lora_rank else "")
+              + f"; optimizer state {2 * 4 * trainable / 2**20:.1f} MiB")
     if dist.world_size > 1 or accum > 1 or tc.scale_lr:
         log.write(f"global batch {global_batch} = {micro} x {dist.world_size} process(es) x {accum} accumulation; "
                   f"lr {peak_lr:.3g}")
@@ -372,10 +388,31 @@ def _train(cfg: LDMRunConfig, released: Pipeline | None, resume: bool, out: Path
     ckpt.save(step)
     release = out / "pipeline.safetensors"
     if dist.is_main:
-        _ema_pipeline(pipe, ema.model).save(release, {"train_steps": step, "data": to_dict(cfg.data)})
         _save_samples(pipe, ema.model, tc, out / "samples" / "samples_final.png", preview)
+        view, meta = _ema_pipeline(pipe, ema.model), {"train_steps": step, "data": to_dict(cfg.data)}
+        if tc.lora_rank:  # the adapter alone, then folded into the weights (the EMA copy is not used again)
+            save_lora(view, out / "lora.safetensors", metadata=meta | {"base": cfg.init_from})
+            view.merge_lora()
+        view.save(release, meta)
     dist.barrier()
     return release
+
+
+def add_adapters(pipe: Pipeline, tc: LDMTrainConfig) -> int:
+    """Trainable LoRA adapters on the UNet (and the CLIP text encoder); every other weight frozen. Returns the
+    adapters' parameter count."""
+    spec = LoraSpec(rank=tc.lora_rank, alpha=tc.lora_alpha or float(tc.lora_rank), dropout=tc.lora_dropout,
+                    feed_forward=tc.lora_feed_forward, text_encoder=tc.lora_text_encoder)
+    for name in DENOISER_PARTS:
+        if getattr(pipe, name) is not None:
+            getattr(pipe, name).requires_grad_(False)
+    n = add_lora(pipe.unet, spec, spec.unet_targets())
+    if spec.text_encoder:
+        if pipe.cfg.conditioner.kind not in ("clip", "openclip"):
+            raise ConfigError(f"train.lora_text_encoder: needs a CLIP text encoder, this model's conditioner is "
+                              f"{pipe.cfg.conditioner.kind!r}")
+        n += add_lora(pipe.conditioner, spec, TEXT_TARGETS)
+    return n
 
 
 def _ema_pipeline(pipe: Pipeline, ema_model: nn.ModuleDict) -> Pipeline:
@@ -399,8 +436,10 @@ def _save_samples(pipe: Pipeline, ema_model: nn.ModuleDict, tc: LDMTrainConfig, 
         images = view(num_images=16, seeds=list(range(16)), **settings)
     else:
         kwargs = batch_conditioning(pipe.cfg, preview, torch.Generator().manual_seed(0))
-        n = len(preview["image"])
-        images = torch.cat([view(**kwargs, seeds=list(range(n)), **settings).cpu(), preview["image"].cpu()])
+        n, (h, w) = len(preview["image"]), preview["image"].shape[-2:]
+        # at the training images' size (a fine-tuned release's default size may be another: SD's 512)
+        images = torch.cat([view(**kwargs, seeds=list(range(n)), height=h, width=w, **settings).cpu(),
+                            preview["image"].cpu()])
     save_grid(images, path, nrow=8)
 
 
@@ -409,3 +448,25 @@ def _preview_batch(dataset, cfg: LDMRunConfig) -> dict | None:
     if cfg.conditioner.kind in ("none", "class") and cfg.concat.kind == "none":
         return None
     return collate(first_items(dataset, 8))
+
+
+def fine_tune(checkpoint: str, data: str, lora_rank: int = 0, overrides: list[str] = (), resume: bool = True) -> Path:
+    """``ldmkit fine-tune``: ``train-ldm`` from a released pipeline (any format ``sample`` reads) on an image folder
+    (captions from ``x.txt`` sidecars or captions.jsonl / metadata.jsonl, or class subfolders) or a shard set (a
+    folder of .tar), with LoRA adapters of ``lora_rank`` (0: every weight trains). ``overrides`` as train-ldm's;
+    the image size defaults to the release's."""
+    from ..config import load_config
+
+    released = load_pipeline_any(checkpoint)
+    root = Path(data)
+    if not root.is_dir():
+        raise FileNotFoundError(f"{root}: not a folder of images or tar shards")
+    name = "webdataset" if any(root.glob("*.tar")) or any(root.glob("*.tar.gz")) else "image_folder"
+    given = {o.split("=", 1)[0] for o in overrides}
+    defaults = {"init_from": checkpoint, "data.name": name, "data.root": str(root),
+                "data.channels": released.cfg.autoencoder.in_channels,
+                "data.image_size": released.cfg.autoencoder.resolution, "train.lora_rank": lora_rank,
+                "train.out_dir": f"runs/fine-tune/{root.name}-{'lora' if lora_rank else 'full'}",
+                "train.guidance_scale": 7.5 if released.cfg.conditioner.kind in ("clip", "openclip") else 3.0}
+    cfg = load_config(LDMRunConfig, None, [f"{k}={v}" for k, v in defaults.items() if k not in given] + list(overrides))
+    return train_ldm(cfg, resume=resume, released=released)

@@ -1,0 +1,83 @@
+"""`ldmkit fine-tune`: a released SD-structured checkpoint adapted on a captioned image folder, with LoRA adapters
+(only they train; the file they are written to rebuilds the merged release) or every UNet weight."""
+from __future__ import annotations
+
+import dataclasses
+import json
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+from safetensors.torch import load_file
+
+from ldmkit.cli.main import main
+from ldmkit.convert import export_diffusers, load_pipeline_any
+
+pytest.importorskip("peft")
+pytestmark = pytest.mark.usefixtures("one_thread")
+
+
+@pytest.fixture
+def base(tmp_path, tiny_sd):
+    """A tiny SD 1.x-structured pipeline as a diffusers folder, and a folder of 6 captioned 64x64 images."""
+    pipe = tiny_sd("1")
+    # a 64-pixel release, so the fine-tune's default image size (the release's) is a CPU-sized one
+    pipe.cfg = dataclasses.replace(pipe.cfg, autoencoder=dataclasses.replace(pipe.cfg.autoencoder, resolution=64))
+    folder = export_diffusers(pipe, tmp_path / "base")
+    images = tmp_path / "images"
+    images.mkdir()
+    rng = np.random.default_rng(0)
+    rows = []
+    for i in range(6):
+        Image.fromarray(rng.integers(0, 255, (64, 64, 3), dtype=np.uint8)).save(images / f"{i}.png")
+        rows.append({"file_name": f"{i}.png", "text": f"a photo of sks object number {i}"})
+    (images / "metadata.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    return pipe, folder, images
+
+
+def _args(folder, images, out, *extra):
+    return ["fine-tune", str(folder), str(images), *extra, "train.steps=3", "train.batch_size=2", "train.lr=1e-2",
+            f"train.out_dir={out}", "train.sample_every=1000", "train.sample_steps=2", "train.ckpt_every=1000",
+            "train.cache_latents=false", "train.log_every=1"]
+
+
+def test_lora_fine_tune_trains_adapters_only(base, tmp_path):
+    pipe, folder, images = base
+    out = tmp_path / "run"
+    assert main(_args(folder, images, out, "--lora", "4", "train.lora_text_encoder=true")) == 0
+    lora = load_file(str(out / "lora.safetensors"))
+    assert any(k.startswith("lora_unet_") for k in lora) and any(k.startswith("lora_te_") for k in lora)
+    assert max(float(v.abs().max()) for k, v in lora.items() if "lora_up" in k) > 0  # B moved off zero
+    tuned = load_pipeline_any(out / "pipeline.safetensors")
+    # the release = the base + its LoRA file, merged (the base's own weights never trained)
+    rebuilt = load_pipeline_any(folder)
+    rebuilt.load_lora(out / "lora.safetensors")
+    g = torch.Generator().manual_seed(0)
+    x, t, ctx = torch.randn(2, 4, 8, 8, generator=g), torch.tensor([700, 50]), torch.randn(2, 77, 64, generator=g)
+    torch.testing.assert_close(tuned.unet(x, t, context=ctx), rebuilt.unet(x, t, context=ctx), rtol=0, atol=1e-5)
+    assert (tuned.unet(x, t, context=ctx) - pipe.unet(x, t, context=ctx)).abs().max() > 1e-4
+    assert all(torch.equal(v, pipe.autoencoder.state_dict()[k]) for k, v in tuned.autoencoder.state_dict().items())
+
+
+def test_full_fine_tune_keeps_the_text_encoder_frozen(base, tmp_path):
+    pipe, folder, images = base
+    out = tmp_path / "full"
+    assert main(_args(folder, images, out, "--full")) == 0
+    assert not (out / "lora.safetensors").exists()
+    tuned = load_pipeline_any(out / "pipeline.safetensors")
+    changed = [k for k, v in tuned.unet.state_dict().items() if not torch.equal(v, pipe.unet.state_dict()[k])]
+    assert changed
+    ref = pipe.conditioner.state_dict()
+    assert all(torch.equal(v, ref[k]) for k, v in tuned.conditioner.state_dict().items())  # SD's encoder is frozen
+    # resume: the same command with more steps continues from the checkpoint
+    assert main(_args(folder, images, out, "--full") + ["train.steps=4"]) == 0
+    log = [json.loads(line) for line in (out / "events.jsonl").read_text().splitlines() if line.strip()]
+    assert max(e.get("step", 0) for e in log) == 4
+
+
+def test_missing_data_folder_is_one_line(base, tmp_path, capsys):
+    _, folder, _ = base
+    assert main(["fine-tune", str(folder), str(tmp_path / "nope")]) != 0
+    err = capsys.readouterr().err.strip()
+    assert "nope: not a folder" in err and "\n" not in err
