@@ -245,16 +245,18 @@ class Pipeline(nn.Module):
 
     def guided_fn(self, cond: dict | None, uncond: dict | None, guidance_scale: float = 1.0,
                   classifier: nn.Module | None = None, classifier_labels: torch.Tensor | None = None,
-                  classifier_scale: float = 0.0, guidance_rescale: float = 0.0):
+                  classifier_scale: float = 0.0, guidance_rescale: float = 0.0,
+                  guidance_interval: tuple[float, float] | None = None):
         """The ``denoise_fn(x_t, t)`` every sampler calls: classifier-free guidance (one batched call, with
-        ``guidance_rescale`` of Lin et al. 2023 when > 0), then classifier guidance of the combined eps
+        ``guidance_rescale`` of Lin et al. 2023 when > 0, only for timesteps inside ``guidance_interval`` when
+        given), then classifier guidance of the combined eps
         (``classifier(x_t, t) -> logits`` towards ``classifier_labels``)."""
         # nothing to guide without a context conditioner: scale 1 is a single plain call
         scale = guidance_scale if uncond is not None else 1.0
         # contexts in the UNet's dtype once, not per step: the same tensor every step is what lets
         # reuse_context_kv (sample_latents) keep the cross-attention keys and values
         cond, uncond = self._context_in_dtype(cond), self._context_in_dtype(uncond)
-        denoise_fn = cfg_denoise(self.model_fn, cond, uncond, scale, guidance_rescale)
+        denoise_fn = cfg_denoise(self.model_fn, cond, uncond, scale, guidance_rescale, guidance_interval)
         if classifier is not None and classifier_scale != 0:
             if classifier_labels is None:
                 raise ValueError("classifier guidance needs class_labels (the classes to guide towards)")
@@ -273,14 +275,15 @@ class Pipeline(nn.Module):
                        generator: torch.Generator | list[torch.Generator] | None = None,
                        callback=None, known: tuple[torch.Tensor, torch.Tensor] | None = None,
                        classifier: nn.Module | None = None, classifier_labels: torch.Tensor | None = None,
-                       classifier_scale: float = 0.0, guidance_rescale: float = 0.0, **options) -> torch.Tensor:
+                       classifier_scale: float = 0.0, guidance_rescale: float = 0.0,
+                       guidance_interval: tuple[float, float] | None = None, **options) -> torch.Tensor:
         """Run ``sampler`` (any registered name) from ``noise``. ``known`` = (latents, mask with 1 = fill)
         re-imposes the known region at every model call and pastes it into the result; ``classifier`` guides
         towards ``classifier_labels`` (see :meth:`guided_fn`); ``options`` go to the sampler (eta, spacing,
         karras, x_init / strength, ...)."""
         check_options(sampler, options)
         denoise_fn = self.guided_fn(cond, uncond, guidance_scale, classifier, classifier_labels, classifier_scale,
-                                    guidance_rescale)
+                                    guidance_rescale, guidance_interval)
         if known is not None:
             denoise_fn = reimpose_known(denoise_fn, self.schedule, known[0], noise, known[1])
         with reuse_context_kv(self.unet):  # the prompt's keys and values once, not every step
@@ -321,7 +324,8 @@ class Pipeline(nn.Module):
         super-resolution and semantic synthesis run beyond the training size (convolutional sampling);
         ``decode_tile`` (in latent pixels) decodes such large images in overlapping tiles.
         ``guidance_rescale`` (0-1, diffusers' name) takes back the over-exposure of large guidance scales
-        (Lin et al. 2023; 0.7 is their figure).
+        (Lin et al. 2023; 0.7 is their figure); ``guidance_interval=(lo, hi)`` guides only at the model
+        timesteps lo <= t <= hi (Kynkaenniemi et al. 2024).
 
         Editing: ``image`` alone is img2img: its latent (the posterior mode) is noised to the timestep
         where the last ``strength`` (default 0.8) of the steps begin, and those steps run; strength 0

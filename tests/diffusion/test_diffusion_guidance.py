@@ -90,3 +90,26 @@ def test_guidance_rescale_matches_diffusers():
 def test_guidance_rescale_out_of_range_is_refused():
     with pytest.raises(ValueError, match=r"guidance_rescale: expected a number in \[0, 1\], got 1.5"):
         cfg_denoise(lambda x, t, c: x, None, None, 3.0, rescale=1.5)
+
+
+def test_guidance_interval_guides_only_inside_and_skips_the_uncond_half_outside():
+    """(lo, hi) inclusive: inside, u + s (c - u) from one doubled call; outside, the conditional output from one
+    plain call; a batch with both takes each sample's own branch."""
+    cond, uncond = _conds()
+    x = torch.tensor([[1.0], [2.0]])
+    c, u = 3 * x + 1, x
+    cases = {(100, 100): (c, [2]), (200, 200): (u + 4 * (c - u), [4]), (600, 600): (u + 4 * (c - u), [4]),
+             (700, 700): (c, [2]), (100, 400): (torch.stack([c[0], u[1] + 4 * (c[1] - u[1])]), [4, 2])}
+    for t, (want, batches) in cases.items():
+        model = CountingModel()
+        out = cfg_denoise(model, cond, uncond, 4.0, interval=(200, 600))(x, torch.tensor(t))
+        torch.testing.assert_close(out, want)
+        assert model.batches == batches, t
+
+
+@pytest.mark.parametrize("interval, message", [((5, 1), r"0 <= lo <= hi, got \(5, 1\)"),
+                                               ((-1, 3), r"0 <= lo <= hi, got \(-1, 3\)"),
+                                               ((1, 2, 3), "two timesteps"), ("ab", "two timesteps")])
+def test_guidance_interval_bad_values_are_refused(interval, message):
+    with pytest.raises(ValueError, match=r"guidance_interval: expected " + message):
+        cfg_denoise(lambda x, t, c: x, None, None, 3.0, interval=interval)
