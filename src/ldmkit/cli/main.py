@@ -208,6 +208,11 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _print_weights(path) -> None:
+    if int(os.environ.get("RANK", "0")) == 0:  # under torchrun every rank returns the path; one line is enough
+        print(f"weights: {path}")
+
+
 def _run(args: argparse.Namespace) -> None:
     if args.command in ("train-autoencoder", "train-ldm"):
         from ..config import load_config
@@ -221,15 +226,12 @@ def _run(args: argparse.Namespace) -> None:
             from ..training.ldm_loop import LDMRunConfig, train_ldm
 
             path = train_ldm(load_config(LDMRunConfig, args.config, args.overrides), resume=not args.no_resume)
-        if int(os.environ.get("RANK", "0")) == 0:  # under torchrun every rank returns the path; one line is enough
-            print(f"weights: {path}")
+        _print_weights(path)
     elif args.command == "fine-tune":
         from ..training.ldm_loop import fine_tune
 
-        path = fine_tune(args.checkpoint, args.data, 0 if args.full else args.lora, args.overrides,
-                         resume=not args.no_resume)
-        if int(os.environ.get("RANK", "0")) == 0:
-            print(f"weights: {path}")
+        _print_weights(fine_tune(args.checkpoint, args.data, 0 if args.full else args.lora, args.overrides,
+                                 resume=not args.no_resume))
     elif args.command == "cache-latents":
         from ..config import load_config
         from ..training.ldm_loop import LDMRunConfig, cache_latents

@@ -13,7 +13,7 @@ from ..autoencoder import AutoencoderConfig, IdentityFirstStage
 from ..convert.loader import load_autoencoder_any, load_pipeline_any
 from ..convert.lora_file import save_lora
 from ..device import resolve_device
-from ..config import ConfigError, require, to_dict
+from ..config import ConfigError, load_config, require, to_dict
 from ..data import DataConfig, build_dataset, collate, first_items
 from ..data.config import STREAMED
 from ..diffusion import ScheduleConfig, diffusion_loss
@@ -295,8 +295,8 @@ def _train(cfg: LDMRunConfig, released: Pipeline | None, resume: bool, out: Path
                          "delete it and run `ldmkit cache-latents` again")
     if tc.channels_last:
         pipe.unet.to(memory_format=torch.channels_last)
-    if tc.lora_rank:  # before the optimizer, the EMA copy and the checkpoint restore, which all see the adapters
-        n_lora = add_adapters(pipe, tc)
+    # before the optimizer, the EMA copy and the checkpoint restore, which all see the adapters
+    n_lora = add_adapters(pipe, tc) if tc.lora_rank else 0
     store = open_embedding_cache(cfg, pipe.conditioner)
     if store is not None:  # before the EMA copy, which then shares it
         pipe.conditioner.store = store
@@ -455,8 +455,6 @@ def fine_tune(checkpoint: str, data: str, lora_rank: int = 0, overrides: list[st
     (captions from ``x.txt`` sidecars or captions.jsonl / metadata.jsonl, or class subfolders) or a shard set (a
     folder of .tar), with LoRA adapters of ``lora_rank`` (0: every weight trains). ``overrides`` as train-ldm's;
     the image size defaults to the release's."""
-    from ..config import load_config
-
     released = load_pipeline_any(checkpoint)
     root = Path(data)
     if not root.is_dir():
