@@ -26,16 +26,19 @@ from ldmkit.evaluation.health import RULE, encode_all, fit_range, real_images
 from ldmkit.pipeline import Pipeline
 
 
+OLD = {"guidance_rescale": 0.0, "guidance_interval": None}  # rows recorded before these settings existed
+
+
 @torch.no_grad()
 def data_conditioned_latents(pipe, dataset, kind: str, n: int, seed: int, sampler: str, steps: int,
-                             guidance: float, batch_size: int, guidance_rescale: float = 0.0) -> torch.Tensor:
+                             guidance: float, batch_size: int, **guide) -> torch.Tensor:
     proto = SampleProtocol("", n, seed, steps, sampler, guidance, conditions=kind)
     parts = []
     for start in range(0, n, batch_size):
         idx = list(range(start, min(n, start + batch_size)))
         parts.append(pipe(**_call_inputs(pipe, proto, idx, dataset), num_inference_steps=steps,
-                          guidance_scale=guidance, guidance_rescale=guidance_rescale, sampler=sampler, seeds=[seed + k for k in idx],
-                          output_type="latent").cpu())
+                          guidance_scale=guidance, sampler=sampler, seeds=[seed + k for k in idx],
+                          output_type="latent", **guide).cpu())
     return torch.cat(parts)
 
 
@@ -44,7 +47,9 @@ def main() -> None:
     ap.add_argument("pipeline")
     ap.add_argument("--samplers", default="ddim:50,dpmpp_2m:20,plms:50,euler:50", help="name:steps, comma list")
     ap.add_argument("--guidance", default="1,3,5")
-    ap.add_argument("--guidance-rescale", type=float, default=0.0, help="Lin et al. 2023 (0 = off)")
+    ap.add_argument("--guidance-rescale", type=float, default=None, help="Lin et al. 2023; default: the model's own")
+    ap.add_argument("--guidance-interval", default=None, metavar="LO-HI",
+                    help="guide only at LO <= t <= HI; default: the model's own")
     ap.add_argument("--n", type=int, default=1000)
     ap.add_argument("--seed", type=int, default=10_000_000)
     ap.add_argument("--batch-size", type=int, default=250)
@@ -62,6 +67,10 @@ def main() -> None:
     done["heldout_off_share"] = rng.off_share(encode_all(pipe, real_images(test, 4096), sample=True))
     done |= {"pipeline": args.pipeline, "reference_n": rng.n, "n": args.n, "seed": args.seed}
     kind = condition_kind(pipe)
+    own = pipe.cfg.guidance
+    guide = {"guidance_rescale": own.rescale if args.guidance_rescale is None else args.guidance_rescale,
+             "guidance_interval": own.interval if args.guidance_interval is None
+             else tuple(float(v) for v in args.guidance_interval.split("-"))}
     scorer = None
     if kind == "class-balanced" and data_cfg.name == "fashion_mnist":
         from ldmkit.evaluation.scorer import load_or_train_scorer
@@ -73,30 +82,34 @@ def main() -> None:
     for item in args.samplers.split(","):
         sampler, steps = item.split(":")
         for g in (float(v) for v in args.guidance.split(",")):
-            key = {"sampler": sampler, "steps": int(steps), "guidance": g, "guidance_rescale": args.guidance_rescale}
-            if any(all(r.get(k, 0.0) == v for k, v in key.items()) for r in done["rows"]):
+            interval = guide["guidance_interval"]
+            key = {"sampler": sampler, "steps": int(steps), "guidance": g, "guidance_rescale": guide["guidance_rescale"],
+                   "guidance_interval": None if interval is None else list(interval)}
+            if any(all(r.get(k, OLD.get(k)) == v for k, v in key.items()) for r in done["rows"]):
                 continue
             t0 = time.perf_counter()
             if scorer is not None:
                 s = conditional_accuracy(pipe, scorer, n=args.n, guidance_scale=g, steps=int(steps), sampler=sampler,
                                          batch_size=args.batch_size, seed=args.seed, latent_range=rng,
-                                         guidance_rescale=args.guidance_rescale)
+                                         **guide)
                 row = key | {"off_manifold": s["off_manifold"], "accuracy": s["accuracy"], "rejected": s["rejected"],
                              "accuracy_healthy": s["accuracy_healthy"],
                              "off_per_class": [float((~s["healthy"][c::10]).float().mean()) for c in range(10)]}
             else:
                 z = data_conditioned_latents(pipe, test, kind, args.n, args.seed, sampler, int(steps), g,
-                                             args.batch_size, args.guidance_rescale)
+                                             args.batch_size, **guide)
                 row = key | {"off_manifold": rng.off_share(z)}
             row["seconds"] = round(time.perf_counter() - t0, 1)
             done["rows"].append(row)
             record.write_text(json.dumps(done, indent=1))
             print(json.dumps(row))
-    lines = [f"| sampler | steps | guidance | rescale | off-manifold | " + ("accuracy (scorer) | rejected |" if scorer else ""),
-             "|---|---:|---:|---:|---:|" + ("---:|---:|" if scorer else "")]
+    lines = [f"| sampler | steps | guidance | rescale | interval | off-manifold | "
+             + ("accuracy (scorer) | rejected |" if scorer else ""), "|---|---:|---:|---:|---|---:|" + ("---:|---:|" if scorer else "")]
     for r in done["rows"]:
         extra = f" {100 * r['accuracy']:.1f} % | {100 * r['rejected']:.1f} % |" if "accuracy" in r else ""
+        interval = r.get("guidance_interval") or "all"
         lines.append(f"| {r['sampler']} | {r['steps']} | {r['guidance']:g} | {r.get('guidance_rescale', 0.0):g} | "
+                     f"{interval if isinstance(interval, str) else '%g-%g' % tuple(interval)} | "
                      f"{100 * r['off_manifold']:.1f} % |{extra}")
     (out / "health.md").write_text("\n".join(lines) + "\n")
     print("\n".join(lines))

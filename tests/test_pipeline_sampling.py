@@ -8,8 +8,8 @@ import pytest
 import torch
 
 from ldmkit.autoencoder import AutoencoderConfig
-from ldmkit.config import ConfigError
-from ldmkit.diffusion import ScheduleConfig
+from ldmkit.config import ConfigError, from_dict, to_dict
+from ldmkit.diffusion import GuidanceConfig, ScheduleConfig
 from ldmkit.nn import ConditionerConfig, UNetConfig
 from ldmkit.nn.concat import ConcatConfig
 from ldmkit.pipeline import Pipeline, PipelineConfig
@@ -169,3 +169,36 @@ def test_sampler_errors_are_one_line_value_errors(pipe):
         pipe([0], sampler="heun", eta=0.5, num_inference_steps=2)
     with pytest.raises(ValueError, match="latents: shape"):
         pipe([0], latents=torch.zeros(1, 3, 4, 4), num_inference_steps=2)
+
+
+def test_the_models_guidance_defaults_are_used_saved_and_overridden(pipe, tmp_path):
+    """cfg.guidance (rescale, interval) applies when the caller leaves both at None; explicit values win;
+    (0, inf) is plain guidance at every step; the defaults survive save / load."""
+    kw = dict(class_labels=[0, 3], seeds=[5, 6], num_inference_steps=4, guidance_scale=4.0, output_type="latent")
+    plain = pipe(**kw)
+    explicit = pipe(**kw, guidance_rescale=0.7, guidance_interval=(0, 60))
+    cfg = tiny_config()
+    cfg.guidance = GuidanceConfig(rescale=0.7, interval=(0, 60))
+    tuned = Pipeline(cfg)
+    tuned.load_state_dict(pipe.state_dict())
+    tuned.eval()
+    assert not torch.allclose(explicit, plain, atol=1e-4)  # the settings change the result at all
+    torch.testing.assert_close(tuned(**kw), explicit, rtol=0, atol=0)
+    torch.testing.assert_close(tuned(**kw, guidance_rescale=0.0, guidance_interval=(0, math.inf)), plain,
+                               rtol=0, atol=0)
+    tuned.save(tmp_path / "p.safetensors")
+    back = Pipeline.load(tmp_path / "p.safetensors")
+    assert back.cfg.guidance == GuidanceConfig(rescale=0.7, interval=(0.0, 60.0))
+    torch.testing.assert_close(back(**kw), explicit, rtol=0, atol=0)
+
+
+@pytest.mark.parametrize("field, value, message", [
+    ("rescale", 1.5, r"guidance.rescale: expected a number in \[0, 1\], got 1.5"),
+    ("interval", [700, 100], r"guidance.interval: expected 0 <= lo <= hi, got \(700, 100\)"),
+    ("interval", [1, 2, 3], r"guidance.interval: expected 2 values, got 3"),
+])
+def test_guidance_config_bad_values_name_the_field(field, value, message):
+    cfg = to_dict(tiny_config())
+    cfg["guidance"][field] = value
+    with pytest.raises(ConfigError, match=message):
+        from_dict(PipelineConfig, cfg)

@@ -20,7 +20,7 @@ from .autoencoder import Autoencoder, AutoencoderConfig, IdentityFirstStage, bui
 from .autoencoder.tiling import tiled_decode
 from .config import ConfigError, from_dict, to_dict
 from .device import release_free_memory
-from .diffusion import Schedule, ScheduleConfig, cfg_denoise, check_options, classifier_guided, ddim_invert, get_sampler
+from .diffusion import GuidanceConfig, Schedule, ScheduleConfig, cfg_denoise, check_options, classifier_guided, ddim_invert, get_sampler
 from .diffusion.editing import paste_known, reimpose_known
 from .diffusion.noise import randn
 from .imageio import to_pil
@@ -44,6 +44,7 @@ class PipelineConfig:
     scale_factor: float = 1.0
     class_names: list[str] = field(default_factory=list)
     concat: ConcatConfig = field(default_factory=ConcatConfig)
+    guidance: GuidanceConfig = field(default_factory=GuidanceConfig)  # the model's defaults for rescale / interval
 
     @property
     def latent_shape(self) -> tuple[int, int, int]:
@@ -275,13 +276,18 @@ class Pipeline(nn.Module):
                        generator: torch.Generator | list[torch.Generator] | None = None,
                        callback=None, known: tuple[torch.Tensor, torch.Tensor] | None = None,
                        classifier: nn.Module | None = None, classifier_labels: torch.Tensor | None = None,
-                       classifier_scale: float = 0.0, guidance_rescale: float = 0.0,
+                       classifier_scale: float = 0.0, guidance_rescale: float | None = None,
                        guidance_interval: tuple[float, float] | None = None, **options) -> torch.Tensor:
         """Run ``sampler`` (any registered name) from ``noise``. ``known`` = (latents, mask with 1 = fill)
         re-imposes the known region at every model call and pastes it into the result; ``classifier`` guides
         towards ``classifier_labels`` (see :meth:`guided_fn`); ``options`` go to the sampler (eta, spacing,
-        karras, x_init / strength, ...)."""
+        karras, x_init / strength, ...). ``guidance_rescale`` / ``guidance_interval`` left at None take the
+        model's own defaults (``cfg.guidance``); ``(0, math.inf)`` guides at every step."""
         check_options(sampler, options)
+        if guidance_rescale is None:
+            guidance_rescale = self.cfg.guidance.rescale
+        if guidance_interval is None:
+            guidance_interval = self.cfg.guidance.interval
         denoise_fn = self.guided_fn(cond, uncond, guidance_scale, classifier, classifier_labels, classifier_scale,
                                     guidance_rescale, guidance_interval)
         if known is not None:
@@ -312,7 +318,7 @@ class Pipeline(nn.Module):
     def __call__(self, class_labels: Sequence[int] | torch.Tensor | None = None, *, prompt=None, negative_prompt=None,
                  boxes=None, segmentation=None, low_res=None, image=None, mask=None, num_images: int | None = None,
                  height: int | None = None, width: int | None = None, num_inference_steps: int = 50,
-                 guidance_scale: float = 3.0, guidance_rescale: float = 0.0, sampler: str = "ddim",
+                 guidance_scale: float = 3.0, guidance_rescale: float | None = None, sampler: str = "ddim",
                  generator: torch.Generator | None = None, seeds: Sequence[int] | None = None, strength: float | None = None,
                  latents: torch.Tensor | None = None, output_type: str = "pil", decode_tile: int | None = None,
                  classifier: nn.Module | str | Path | None = None, classifier_scale: float = 1.0,
@@ -325,7 +331,8 @@ class Pipeline(nn.Module):
         ``decode_tile`` (in latent pixels) decodes such large images in overlapping tiles.
         ``guidance_rescale`` (0-1, diffusers' name) takes back the over-exposure of large guidance scales
         (Lin et al. 2023; 0.7 is their figure); ``guidance_interval=(lo, hi)`` guides only at the model
-        timesteps lo <= t <= hi (Kynkaenniemi et al. 2024).
+        timesteps lo <= t <= hi (Kynkaenniemi et al. 2024). Left at None, both come from the model's
+        ``cfg.guidance`` (set when it was trained; plain guidance for released SD checkpoints).
 
         Editing: ``image`` alone is img2img: its latent (the posterior mode) is noised to the timestep
         where the last ``strength`` (default 0.8) of the steps begin, and those steps run; strength 0

@@ -26,6 +26,8 @@ def test_help_lists_subcommands():
     (["train-autoencoder", "tiny/nope"], "not found"),
     (["train-ldm", "tiny/ldm", "first_stage=/nonexistent/ae.safetensors"], "first_stage"),
     (["sample", "/nonexistent/pipeline.safetensors"], "not found"),
+    (["sample", "x.safetensors", "--guidance-interval", "700,100"], "--guidance-interval: expected LO,HI"),
+    (["sample", "x.safetensors", "--steps", "many"], "--steps: invalid int value: 'many'"),
 ])
 def test_user_errors_are_one_line(args, needle):
     r = run_cli(*args)
@@ -42,7 +44,8 @@ def test_sample_writes_pngs_with_metadata(tmp_path):
     ae = train_autoencoder(load_config(AutoencoderRunConfig, "tiny/autoencoder", [f"train.out_dir={tmp_path}/ae",
                                                                                     "train.steps=1"]))
     pipe = train_ldm(load_config(LDMRunConfig, "tiny/ldm", [f"train.out_dir={tmp_path}/ldm", f"first_stage={ae}",
-                                                           "train.steps=1"]))
+                                                           "train.steps=1", "guidance.rescale=0.7",
+                                                           "guidance.interval=[0,30]"]))
     out = tmp_path / "samples"
     assert main(["sample", str(pipe), "--class", "2,5", "--n", "2", "--steps", "2", "--seed", "7",
                  "--out", str(out)]) == 0
@@ -50,4 +53,10 @@ def test_sample_writes_pngs_with_metadata(tmp_path):
     assert len(files) == 4 and (out / "grid.png").is_file()
     meta = json.loads(Image.open(files[1]).text["ldmkit"])
     assert meta["seed"] == 8 and meta["class"] == 2 and meta["steps"] == 2 and meta["guidance"] == 3.0
+    # the guidance defaults the model was trained with, unless the command line sets its own
+    assert meta["guidance_rescale"] == 0.7 and meta["guidance_interval"] == [0, 30]
+    assert main(["sample", str(pipe), "--class", "2", "--steps", "2", "--guidance-rescale", "0",
+                 "--guidance-interval", "all", "--out", str(out / "plain")]) == 0
+    meta = json.loads(Image.open(out / "plain" / "00000_seed0.png").text["ldmkit"])
+    assert meta["guidance_rescale"] == 0 and meta["guidance_interval"] is None
     assert main(["sample", str(pipe), "--class", "99", "--out", str(out)]) == 2

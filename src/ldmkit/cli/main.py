@@ -3,10 +3,12 @@ from __future__ import annotations
 
 import argparse
 import logging
+import math
 import os
 import sys
 
 from ..config import ConfigError
+from ..diffusion.guidance import check_interval
 from ..diffusion.timesteps import SPACINGS
 from .convert import add_convert_parser, add_lora_arg, add_merge_lora_parser, convert_command, merge_lora_command
 
@@ -35,8 +37,15 @@ def _int_list(text: str, flag: str) -> list[int]:
     return values
 
 
+class _Parser(argparse.ArgumentParser):
+    """A usage mistake is one line (which flag, what was expected) and exit code 2, not argparse's usage dump."""
+
+    def error(self, message: str):
+        self.exit(2, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="ldmkit", description="Latent Diffusion Models: train, sample, evaluate.")
+    parser = _Parser(prog="ldmkit", description="Latent Diffusion Models: train, sample, evaluate.")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     _add_train(sub, "train-autoencoder", "train a first-stage autoencoder (KL or VQ)")
     _add_train(sub, "train-ldm", "train a latent diffusion model over a frozen autoencoder")
@@ -147,8 +156,11 @@ def build_parser() -> argparse.ArgumentParser:
                    help="timestep spacing (default: uniform for ddim / plms, linspace for the sigma-space samplers)")
     p.add_argument("--karras", action="store_true", help="Karras sigmas (euler, euler_a, heun, dpmpp_2m)")
     p.add_argument("--guidance", type=float, default=3.0, help="classifier-free guidance scale (1 = off)")
-    p.add_argument("--guidance-rescale", type=float, default=0.0,
-                   help="0-1: take back the over-exposure of large guidance scales (Lin et al. 2023; 0.7 is theirs)")
+    p.add_argument("--guidance-rescale", type=float, default=None,
+                   help="0-1: take back the over-exposure of large guidance scales (Lin et al. 2023; 0.7 is theirs); "
+                        "default: the model's own (0 for released SD checkpoints)")
+    p.add_argument("--guidance-interval", type=_interval, default=None, metavar="LO,HI",
+                   help="guide only at model timesteps LO <= t <= HI, or 'all'; default: the model's own")
     _add_classifier_args(p)
     p.add_argument("--seed", type=int, default=0, help="image k gets seed + k")
     p.add_argument("--batch-size", type=int, default=100)
@@ -206,6 +218,16 @@ def build_parser() -> argparse.ArgumentParser:
     add_convert_parser(sub)
     add_merge_lora_parser(sub)
     return parser
+
+
+def _interval(text: str) -> tuple[float, float]:
+    """``--guidance-interval``: "LO,HI" in model timesteps, or "all" (every step)."""
+    if text.strip().lower() == "all":
+        return 0.0, math.inf
+    try:
+        return check_interval(tuple(float(v) for v in text.split(",")))
+    except ValueError as e:
+        raise argparse.ArgumentTypeError(f"expected LO,HI (0 <= LO <= HI) or 'all', got {text!r}: {e}") from None
 
 
 def _print_weights(path) -> None:

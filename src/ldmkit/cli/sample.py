@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 from pathlib import Path
 
 import numpy as np
@@ -98,6 +99,14 @@ def condition_inputs(args: argparse.Namespace, pipe) -> list[dict]:
     return items
 
 
+def guidance_settings(args, pipe) -> dict:
+    """The guidance rescale / interval a run used: the command line's, else the model's own defaults."""
+    rescale = pipe.cfg.guidance.rescale if args.guidance_rescale is None else args.guidance_rescale
+    interval = pipe.cfg.guidance.interval if args.guidance_interval is None else args.guidance_interval
+    every_step = interval is None or tuple(interval) == (0.0, math.inf)
+    return {"guidance_rescale": rescale, "guidance_interval": None if every_step else list(interval)}
+
+
 def _stack(items: list[dict]) -> dict:
     out = {}
     for k in items[0]:
@@ -136,7 +145,7 @@ def sample_command(args: argparse.Namespace) -> None:
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     settings = {"checkpoint": str(args.checkpoint), "sampler": sampler_name(args.sampler), "steps": args.steps,
-                "guidance": args.guidance, "guidance_rescale": args.guidance_rescale, "precision": args.precision,
+                "guidance": args.guidance, "precision": args.precision, **guidance_settings(args, pipe),
                 **text, **({"lora": args.lora} if args.lora else {}), **options}
     if guide:
         settings |= {"classifier": str(args.classifier), "classifier_scale": args.classifier_scale}
@@ -145,7 +154,7 @@ def sample_command(args: argparse.Namespace) -> None:
         chunk = items[start:start + args.batch_size]
         seeds = [args.seed + start + k for k in range(len(chunk))]
         x = pipe(**_stack(chunk), num_inference_steps=args.steps, guidance_scale=args.guidance,
-                 guidance_rescale=args.guidance_rescale, sampler=args.sampler,
+                 guidance_rescale=args.guidance_rescale, guidance_interval=args.guidance_interval, sampler=args.sampler,
                  seeds=seeds, height=args.size, width=args.size, output_type="pt", decode_tile=args.decode_tile,
                  **guide, **options)
         for k, (img, seed, item) in enumerate(zip(x, seeds, chunk)):

@@ -5,10 +5,13 @@ the model output for fixed (x_t, t), mixing raw outputs is valid for every param
 """
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Any, Callable
 
 import torch
 from torch import Tensor
+
+from ldmkit.config import ConfigError
 
 ModelFn = Callable[[Tensor, Tensor, Any], Tensor]
 DenoiseFn = Callable[[Tensor, Tensor], Tensor]
@@ -59,6 +62,30 @@ def check_interval(interval: tuple[float, float] | None) -> tuple[float, float] 
     return lo, hi
 
 
+@dataclass
+class GuidanceConfig:
+    """A model's own guidance defaults, stored in its pipeline file and used when a caller does not choose.
+
+    Measured per model (docs/results.md, issue 23): the demo's v-prediction model over-exposes at scale 5
+    unless guidance is rescaled and left out of the highest-noise steps. Released SD checkpoints keep plain
+    guidance (rescale 0, every step), as they were tuned with it."""
+    rescale: float = 0.0                           # guidance_rescale (Lin et al. 2023), 0 = off
+    interval: tuple[float, float] | None = None    # guide only at lo <= t <= hi (model timesteps); None = all
+
+    def __post_init__(self) -> None:
+        try:
+            check_rescale(self.rescale)
+            self.interval = check_interval(self.interval)
+        except ValueError as e:
+            raise ConfigError(str(e).removeprefix("guidance_")) from None  # from_dict adds "guidance."
+
+
+def check_rescale(rescale: float) -> float:
+    if not 0.0 <= rescale <= 1.0:
+        raise ValueError(f"guidance_rescale: expected a number in [0, 1], got {rescale}")
+    return rescale
+
+
 def cfg_denoise(model_fn: ModelFn, cond: Any, uncond: Any, scale: float, rescale: float = 0.0,
                 interval: tuple[float, float] | None = None) -> DenoiseFn:
     """A ``denoise_fn(x, t)`` running ``model_fn(x, t, cond)`` with classifier-free guidance.
@@ -71,8 +98,7 @@ def cfg_denoise(model_fn: ModelFn, cond: Any, uncond: Any, scale: float, rescale
     at the highest noise levels guidance pushes every sample towards an exaggerated class mean before
     its layout is chosen (less variety, over-exposure), at the lowest it changes little but sharpens.
     """
-    if not 0.0 <= rescale <= 1.0:
-        raise ValueError(f"guidance_rescale: expected a number in [0, 1], got {rescale}")
+    check_rescale(rescale)
     interval = check_interval(interval)
     plain = lambda x, t: model_fn(x, t, cond)  # noqa: E731
     if scale == 1:

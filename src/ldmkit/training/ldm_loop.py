@@ -16,7 +16,7 @@ from ..device import resolve_device
 from ..config import ConfigError, load_config, require, to_dict
 from ..data import DataConfig, build_dataset, collate, first_items
 from ..data.config import STREAMED
-from ..diffusion import ScheduleConfig, diffusion_loss
+from ..diffusion import GuidanceConfig, ScheduleConfig, diffusion_loss
 from ..evaluation.periodic import PeriodicEval
 from ..imageio import save_grid
 from ..nn import ConditionerConfig, UNetConfig, build_conditioner
@@ -87,6 +87,8 @@ class LDMRunConfig:
     conditioner: ConditionerConfig = field(default_factory=ConditionerConfig)
     concat: ConcatConfig = field(default_factory=ConcatConfig)
     diffusion: ScheduleConfig = field(default_factory=ScheduleConfig)
+    # sampling defaults stored with the model (guidance rescale / interval): measured per preset, issue 23
+    guidance: GuidanceConfig = field(default_factory=GuidanceConfig)
     train: LDMTrainConfig = field(default_factory=lambda: LDMTrainConfig(out_dir="runs/ldm"))
 
     def __post_init__(self) -> None:
@@ -120,9 +122,12 @@ def _first_stage_path(cfg: LDMRunConfig) -> Path:
 
 
 def adopt_release(cfg: LDMRunConfig, released: Pipeline) -> LDMRunConfig:
-    """Fine-tuning trains the released architecture: its UNet, conditioning and schedule replace the preset's."""
+    """Fine-tuning trains the released architecture: its UNet, conditioning and schedule replace the preset's;
+    its guidance defaults too, unless the run sets its own."""
     rc = released.cfg
-    return replace(cfg, unet=rc.unet, conditioner=rc.conditioner, concat=rc.concat, diffusion=rc.diffusion)
+    guidance = rc.guidance if cfg.guidance == GuidanceConfig() else cfg.guidance
+    return replace(cfg, unet=rc.unet, conditioner=rc.conditioner, concat=rc.concat, diffusion=rc.diffusion,
+                   guidance=guidance)
 
 
 def build_pipeline(cfg: LDMRunConfig, class_names: list[str], released: Pipeline | None = None) -> Pipeline:
@@ -141,7 +146,7 @@ def build_pipeline(cfg: LDMRunConfig, class_names: list[str], released: Pipeline
     require(ae_cfg.resolution == cfg.data.image_size, "data.image_size",
             f"must equal the first stage's resolution ({ae_cfg.resolution}), got {cfg.data.image_size}")
     pcfg = PipelineConfig(ae_cfg, cfg.unet, cfg.conditioner, cfg.diffusion, scale,
-                          class_names or (released.cfg.class_names if released else []), cfg.concat)
+                          class_names or (released.cfg.class_names if released else []), cfg.concat, cfg.guidance)
     pipe = Pipeline(pcfg, autoencoder=ae)
     if released is not None:
         for part in DENOISER_PARTS:
