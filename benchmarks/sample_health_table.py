@@ -21,7 +21,7 @@ import torch
 
 from ldmkit.data import build_dataset
 from ldmkit.evaluation.class_accuracy import conditional_accuracy
-from ldmkit.evaluation.generation import SampleProtocol, _call_inputs, condition_kind, model_data_config
+from ldmkit.evaluation.generation import EVERY_STEP, SampleProtocol, _call_inputs, condition_kind, model_data_config
 from ldmkit.evaluation.health import RULE, encode_all, fit_range, real_images
 from ldmkit.pipeline import Pipeline
 
@@ -67,10 +67,10 @@ def main() -> None:
     done["heldout_off_share"] = rng.off_share(encode_all(pipe, real_images(test, 4096), sample=True))
     done |= {"pipeline": args.pipeline, "reference_n": rng.n, "n": args.n, "seed": args.seed}
     kind = condition_kind(pipe)
-    own = pipe.cfg.guidance
-    guide = {"guidance_rescale": own.rescale if args.guidance_rescale is None else args.guidance_rescale,
-             "guidance_interval": own.interval if args.guidance_interval is None
-             else tuple(float(v) for v in args.guidance_interval.split("-"))}
+    rescale, interval = pipe.guidance_settings(  # the model's own unless given
+        args.guidance_rescale, None if args.guidance_interval is None
+        else tuple(float(v) for v in args.guidance_interval.split("-")))
+    guide = {"guidance_rescale": rescale, "guidance_interval": interval or EVERY_STEP}
     scorer = None
     if kind == "class-balanced" and data_cfg.name == "fashion_mnist":
         from ldmkit.evaluation.scorer import load_or_train_scorer
@@ -82,8 +82,7 @@ def main() -> None:
     for item in args.samplers.split(","):
         sampler, steps = item.split(":")
         for g in (float(v) for v in args.guidance.split(",")):
-            interval = guide["guidance_interval"]
-            key = {"sampler": sampler, "steps": int(steps), "guidance": g, "guidance_rescale": guide["guidance_rescale"],
+            key = {"sampler": sampler, "steps": int(steps), "guidance": g, "guidance_rescale": rescale,
                    "guidance_interval": None if interval is None else list(interval)}
             if any(all(r.get(k, OLD.get(k)) == v for k, v in key.items()) for r in done["rows"]):
                 continue

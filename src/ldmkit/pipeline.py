@@ -20,7 +20,7 @@ from .autoencoder import Autoencoder, AutoencoderConfig, IdentityFirstStage, bui
 from .autoencoder.tiling import tiled_decode
 from .config import ConfigError, from_dict, to_dict
 from .device import release_free_memory
-from .diffusion import GuidanceConfig, Schedule, ScheduleConfig, cfg_denoise, check_options, classifier_guided, ddim_invert, get_sampler
+from .diffusion import GuidanceConfig, Schedule, ScheduleConfig, cfg_denoise, check_interval, check_options, classifier_guided, ddim_invert, get_sampler
 from .diffusion.editing import paste_known, reimpose_known
 from .diffusion.noise import randn
 from .imageio import to_pil
@@ -225,6 +225,15 @@ class Pipeline(nn.Module):
         return self.unet(x, t, context=context, y=cond.get("y"))
 
     # ---------------------------------------------------------------- sampling
+    def guidance_settings(self, rescale: float | None = None,
+                          interval: tuple[float, float] | None = None) -> tuple[float, tuple[float, float] | None]:
+        """The (guidance_rescale, guidance_interval) a call with these arguments uses: each None takes the model's
+        own (``cfg.guidance``); an interval covering every step is returned as None."""
+        rescale = self.cfg.guidance.rescale if rescale is None else float(rescale)
+        interval = check_interval(self.cfg.guidance.interval if interval is None else interval)
+        every_step = interval is None or (interval[0] <= 0 and interval[1] >= self.schedule.timesteps - 1)
+        return rescale, None if every_step else interval
+
     def check_classifier(self, classifier: nn.Module) -> None:
         """Refuse a noisy classifier that was trained for other latents, classes or noise levels."""
         if self.cfg.conditioner.kind != "class":
@@ -284,10 +293,7 @@ class Pipeline(nn.Module):
         karras, x_init / strength, ...). ``guidance_rescale`` / ``guidance_interval`` left at None take the
         model's own defaults (``cfg.guidance``); ``(0, math.inf)`` guides at every step."""
         check_options(sampler, options)
-        if guidance_rescale is None:
-            guidance_rescale = self.cfg.guidance.rescale
-        if guidance_interval is None:
-            guidance_interval = self.cfg.guidance.interval
+        guidance_rescale, guidance_interval = self.guidance_settings(guidance_rescale, guidance_interval)
         denoise_fn = self.guided_fn(cond, uncond, guidance_scale, classifier, classifier_labels, classifier_scale,
                                     guidance_rescale, guidance_interval)
         if known is not None:

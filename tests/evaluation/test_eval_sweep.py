@@ -127,3 +127,26 @@ def test_a_folder_from_before_classifier_guidance_still_resumes(env, tmp_path, m
     calls = record_calls(monkeypatch)
     evaluate(str(env / "pipe.safetensors"), steps=2, out=tmp_path / "old", **common(env))
     assert calls == []
+
+
+def test_guidance_rescale_and_interval_are_in_the_protocol(env, tmp_path, monkeypatch):
+    """The model's own defaults are recorded as used and reach the pipeline; explicit values win; a folder made
+    with other guidance settings is refused."""
+    from ldmkit.diffusion import GuidanceConfig
+
+    pipe = Pipeline.load(env / "pipe.safetensors")
+    pipe.cfg.guidance = GuidanceConfig(rescale=0.7, interval=(0, 30))
+    pipe.save(tmp_path / "tuned.safetensors", {"data": to_dict(DataConfig(name="shapes", image_size=16, channels=3,
+                                                                           shapes_size=64))})
+    calls = record_calls(monkeypatch)
+    report = evaluate(str(tmp_path / "tuned.safetensors"), steps=2, out=tmp_path / "own", **common(env))
+    assert report["images"]["guidance_rescale"] == 0.7 and list(report["images"]["guidance_interval"]) == [0, 30]
+    assert calls[-1]["guidance_rescale"] == 0.7 and tuple(calls[-1]["guidance_interval"]) == (0, 30)
+    report = evaluate(str(tmp_path / "tuned.safetensors"), steps=2, out=tmp_path / "plain", guidance_rescale=0.0,
+                      guidance_interval=(0, float("inf")), **common(env))
+    assert report["images"]["guidance_rescale"] == 0.0 and report["images"]["guidance_interval"] is None
+    assert calls[-1]["guidance_rescale"] == 0.0 and calls[-1]["guidance_interval"][1] == float("inf")
+    evaluate(str(tmp_path / "tuned.safetensors"), steps=2, out=tmp_path / "own", **common(env))  # resumes
+    with pytest.raises(ValueError, match="made with other settings"):
+        evaluate(str(tmp_path / "tuned.safetensors"), steps=2, out=tmp_path / "own", guidance_rescale=0.3,
+                 **common(env))

@@ -89,7 +89,11 @@ def run_demo(args: argparse.Namespace) -> dict:
     timings["sampling_s"] = round(time.perf_counter() - t2, 1)
     fd = _fd_report(classifier, score, test_data, pipe.cfg.conditioner.num_classes)
 
-    report = {"grid": str(out / "grid.png"), "guidance_scale": args.guidance, "sampler": "ddim", "steps": 50,
+    rescale, interval = pipe.guidance_settings()  # the model's own defaults (its preset's guidance: section)
+    guidance_text = (f"guidance {args.guidance}, rescale {rescale:g}"
+                     + (f", guided only at t = {interval[0]:g}-{interval[1]:g}" if interval else ""))
+    report = {"grid": str(out / "grid.png"), "guidance_scale": args.guidance, "guidance_rescale": rescale,
+              "guidance_interval": interval, "sampler": "ddim", "steps": 50,
               "n_scored": score["n"], "conditional_accuracy": score["accuracy"], "rejected": score["rejected"],
               "off_manifold": score["off_manifold"], "accuracy_healthy": score["accuracy_healthy"],
               "health_rule": RULE, "per_class_accuracy": score["per_class"],
@@ -101,7 +105,7 @@ def run_demo(args: argparse.Namespace) -> dict:
     lines = ["# ldmkit demo report", "",
              f"- grid: the first 100 seeds (0-99), no selection; one row per class, top to bottom "
              f"{', '.join(names)}: `{out / 'grid.png'}`",
-             f"- {score['n']} guided samples (DDIM 50 steps, guidance {args.guidance}, seeds 0-{score['n'] - 1}) "
+             f"- {score['n']} guided samples (DDIM 50 steps, {guidance_text}, seeds 0-{score['n'] - 1}) "
              f"classified as their conditioning class: **{100 * score['accuracy']:.1f} %**; the scorer answered "
              f"\"{NONE_LABEL}\" for {100 * score['rejected']:.1f} % (counted as wrong)",
              f"- off the data manifold: **{100 * score['off_manifold']:.1f} %** of the samples (rule: {RULE}; "

@@ -156,11 +156,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="timestep spacing (default: uniform for ddim / plms, linspace for the sigma-space samplers)")
     p.add_argument("--karras", action="store_true", help="Karras sigmas (euler, euler_a, heun, dpmpp_2m)")
     p.add_argument("--guidance", type=float, default=3.0, help="classifier-free guidance scale (1 = off)")
-    p.add_argument("--guidance-rescale", type=float, default=None,
-                   help="0-1: take back the over-exposure of large guidance scales (Lin et al. 2023; 0.7 is theirs); "
-                        "default: the model's own (0 for released SD checkpoints)")
-    p.add_argument("--guidance-interval", type=_interval, default=None, metavar="LO,HI",
-                   help="guide only at model timesteps LO <= t <= HI, or 'all'; default: the model's own")
+    _add_guidance_args(p)
     _add_classifier_args(p)
     p.add_argument("--seed", type=int, default=0, help="image k gets seed + k")
     p.add_argument("--batch-size", type=int, default=100)
@@ -186,6 +182,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--eta", type=float, default=None,
                    help="noise of samplers that take it (default: theirs, 0 for ddim, 1 for euler_a)")
     p.add_argument("--guidance", type=float, default=3.0)
+    _add_guidance_args(p)
     _add_classifier_args(p)
     p.add_argument("--seed", type=int, default=0, help="image k gets seed + k")
     p.add_argument("--batch-size", type=int, default=250)
@@ -199,6 +196,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--steps", type=int, default=50)
     p.add_argument("--sampler", default="ddim")
     p.add_argument("--guidance", type=float, default=3.0)
+    _add_guidance_args(p)
     p.add_argument("--seed", type=int, default=0, help="image k gets seed + k")
     p.add_argument("--batch-size", type=int, default=100)
     p.add_argument("--classifier", default=None, help="Fashion-MNIST classifier weights (default: the cached one)")
@@ -218,6 +216,14 @@ def build_parser() -> argparse.ArgumentParser:
     add_convert_parser(sub)
     add_merge_lora_parser(sub)
     return parser
+
+
+def _add_guidance_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--guidance-rescale", type=float, default=None,
+                   help="0-1: take back the over-exposure of large guidance scales (Lin et al. 2023; 0.7 is theirs); "
+                        "default: the model's own (0 for released SD checkpoints)")
+    p.add_argument("--guidance-interval", type=_interval, default=None, metavar="LO,HI",
+                   help="guide only at model timesteps LO <= t <= HI, or 'all'; default: the model's own")
 
 
 def _interval(text: str) -> tuple[float, float]:
@@ -300,7 +306,8 @@ def _run(args: argparse.Namespace) -> None:
                       metrics=tuple(m.strip() for m in args.metrics.split(",") if m.strip()), n=args.n,
                       seed=args.seed, guidance=args.guidance, eta=args.eta, batch_size=args.batch_size,
                       device=args.device, data_root=args.data_root, classifier=args.classifier,
-                      classifier_scale=args.classifier_scale)
+                      classifier_scale=args.classifier_scale, guidance_rescale=args.guidance_rescale,
+                      guidance_interval=args.guidance_interval)
         samplers = [v.strip() for v in args.sampler.split(",") if v.strip()]
         steps = _int_list(args.steps, "--steps")
         if args.nfe is not None or len(samplers) > 1 or len(steps) > 1:
@@ -318,7 +325,8 @@ def _run(args: argparse.Namespace) -> None:
 
         report = evaluate_task(args.checkpoint, n=args.n, seed=args.seed, steps=args.steps, sampler=args.sampler,
                                guidance=args.guidance, batch_size=args.batch_size, out=args.out, device=args.device,
-                               data_root=args.data_root, classifier=args.classifier)
+                               data_root=args.data_root, classifier=args.classifier,
+                               guidance_rescale=args.guidance_rescale, guidance_interval=args.guidance_interval)
         print(f"{report['task']}: " + " ".join(f"{k}={v:.4f}" if isinstance(v, float) else f"{k}={v}"
                                               for k, v in report["metrics"].items()))
         print(f"report: {args.out}/report.json")

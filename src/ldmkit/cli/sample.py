@@ -3,7 +3,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import math
 from pathlib import Path
 
 import numpy as np
@@ -14,6 +13,7 @@ from ..device import resolve_device
 from ..imageio import from_pil, save_grid, save_png
 from ..convert.loader import load_pipeline_any
 from ..diffusion import check_options, sampler_name
+from ..evaluation.generation import guidance_record
 from ..nn.noisy_classifier import load_noisy_classifier
 from ..pipeline_inputs import CONTEXT_KEYS
 from .convert import parse_lora
@@ -99,14 +99,6 @@ def condition_inputs(args: argparse.Namespace, pipe) -> list[dict]:
     return items
 
 
-def guidance_settings(args, pipe) -> dict:
-    """The guidance rescale / interval a run used: the command line's, else the model's own defaults."""
-    rescale = pipe.cfg.guidance.rescale if args.guidance_rescale is None else args.guidance_rescale
-    interval = pipe.cfg.guidance.interval if args.guidance_interval is None else args.guidance_interval
-    every_step = interval is None or tuple(interval) == (0.0, math.inf)
-    return {"guidance_rescale": rescale, "guidance_interval": None if every_step else list(interval)}
-
-
 def _stack(items: list[dict]) -> dict:
     out = {}
     for k in items[0]:
@@ -145,7 +137,7 @@ def sample_command(args: argparse.Namespace) -> None:
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     settings = {"checkpoint": str(args.checkpoint), "sampler": sampler_name(args.sampler), "steps": args.steps,
-                "guidance": args.guidance, "precision": args.precision, **guidance_settings(args, pipe),
+                "guidance": args.guidance, "precision": args.precision, **guidance_record(pipe.guidance_settings(args.guidance_rescale, args.guidance_interval)),
                 **text, **({"lora": args.lora} if args.lora else {}), **options}
     if guide:
         settings |= {"classifier": str(args.classifier), "classifier_scale": args.classifier_scale}

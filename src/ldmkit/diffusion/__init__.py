@@ -4,7 +4,7 @@ Pure tensor functions: this package imports nothing from ldmkit except ``ldmkit.
 A denoiser is any ``denoise_fn(x_t, t) -> output`` with ``t`` a LongTensor of shape (B,).
 """
 from ldmkit.diffusion.classifier_guidance import classifier_grad, classifier_guided
-from ldmkit.diffusion.guidance import GuidanceConfig, cfg_denoise, concat_cond
+from ldmkit.diffusion.guidance import GuidanceConfig, cfg_denoise, check_interval, concat_cond
 from ldmkit.diffusion.losses import diffusion_loss
 from ldmkit.diffusion.noise import randint, randn
 from ldmkit.diffusion.parameterization import (

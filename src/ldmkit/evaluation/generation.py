@@ -8,6 +8,7 @@ So a result does not depend on the batch size, and a resumed run recomputes noth
 from __future__ import annotations
 
 import json
+import math
 from dataclasses import MISSING, asdict, dataclass, fields, replace
 from pathlib import Path
 from typing import Callable
@@ -21,6 +22,9 @@ from ..diffusion import check_options, option_default, sampler_options
 from ..imageio import to_uint8
 from ..pipeline_inputs import batch_conditioning
 from ..weights import atomic_write, read_release_metadata
+
+
+EVERY_STEP = (0.0, math.inf)  # an explicit "guide at every step" (None would mean the model's own default)
 
 
 @dataclass
@@ -38,6 +42,15 @@ class SampleProtocol:
     conditions: str = "unconditional"   # "class-balanced" | "unconditional" | "data:<name>:<split>"
     classifier_sha256: str = ""         # classifier guidance: the noisy classifier's weights ("" = none)
     classifier_scale: float = 0.0
+    # the guidance rescale / interval used (the model's own defaults unless the command set them); None = every step
+    guidance_rescale: float = 0.0
+    guidance_interval: tuple[float, float] | None = None
+
+
+def guidance_record(settings: tuple[float, tuple[float, float] | None]) -> dict:
+    """``Pipeline.guidance_settings(...)`` as the fields of a protocol / PNG record."""
+    rescale, interval = settings
+    return {"guidance_rescale": rescale, "guidance_interval": None if interval is None else tuple(interval)}
 
 
 def protocol_eta(sampler: str, eta: float | None = None) -> float:
@@ -53,7 +66,7 @@ def same_protocol(saved: dict, proto: SampleProtocol) -> bool:
     """Whether a folder's recorded protocol is ``proto``; fields added since it was written count as
     their defaults (a folder from before classifier guidance was unguided)."""
     defaults = {f.name: f.default for f in fields(SampleProtocol) if f.default is not MISSING}
-    return {**defaults, **saved} == asdict(proto)
+    return {**defaults, **saved} == json.loads(json.dumps(asdict(proto)))  # tuples as the file's lists
 
 
 def model_data_config(path: Path, data_root: str | None = None) -> DataConfig | None:
@@ -107,7 +120,9 @@ def sample_batch(pipe, proto: SampleProtocol, indices: list[int], dataset=None, 
             raise ValueError("this protocol is classifier-guided: pass the classifier")
         options |= {"classifier": classifier, "classifier_scale": proto.classifier_scale}
     return pipe(**_call_inputs(pipe, proto, indices, dataset), num_inference_steps=proto.steps,
-                guidance_scale=proto.guidance_scale, sampler=proto.sampler, seeds=[proto.seed + k for k in indices],
+                guidance_scale=proto.guidance_scale, guidance_rescale=proto.guidance_rescale,
+                guidance_interval=proto.guidance_interval or EVERY_STEP, sampler=proto.sampler,
+                seeds=[proto.seed + k for k in indices],
                 output_type="pt+latent" if with_latents else "pt", **options)
 
 

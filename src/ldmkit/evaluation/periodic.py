@@ -7,7 +7,7 @@ from __future__ import annotations
 
 from ..data import DataConfig, build_dataset
 from .features import build_extractor, extract
-from .generation import SampleProtocol, condition_kind, sample_batch
+from .generation import SampleProtocol, condition_kind, guidance_record, sample_batch
 from .metrics import feature_statistics, frechet_distance
 from .reference import reference_statistics
 from .report import fd_name
@@ -28,7 +28,8 @@ class PeriodicEval:
         if kind == "data" and self._test is None:
             self._test = build_dataset(self.data, "test")
         proto = SampleProtocol("", self.n, 0, self.steps, "ddim", self.guidance, 0.0, self.batch_size,
-                               kind if kind != "data" else f"data:{self.data.name}:test")
+                               kind if kind != "data" else f"data:{self.data.name}:test",
+                               **guidance_record(pipe.guidance_settings()))
         batches = (sample_batch(pipe, proto, list(range(s, min(self.n, s + self.batch_size))), self._test)
                    for s in range(0, self.n, self.batch_size))
         mu, sigma = feature_statistics(extract(self.fx, batches, batch_size=self.batch_size))

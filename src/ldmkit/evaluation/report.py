@@ -24,8 +24,8 @@ from ..diffusion import sampler_name
 from ..nn.noisy_classifier import load_noisy_classifier
 from ..weights import atomic_write, file_digest
 from .features import INCEPTION, build_extractor, describe, extract
-from .generation import (SampleProtocol, condition_kind, generate_images, images_to_tensor, load_latents,
-                         model_data_config, protocol_eta)
+from .generation import (SampleProtocol, condition_kind, generate_images, guidance_record, images_to_tensor,
+                         load_latents, model_data_config, protocol_eta)
 from .health import sample_health
 from .metrics import feature_statistics, frechet_distance, inception_score, kid, precision_recall
 from .reference import reference_statistics
@@ -76,11 +76,13 @@ def evaluate(source: str, *, extractor: str = "fmnist", weights: str | None = No
              ref: str | None = None, metrics: tuple[str, ...] = ("fd", "kid", "pr"), n: int = 10000, seed: int = 0,
              steps: int = 50, sampler: str = "ddim", guidance: float = 3.0, eta: float | None = None,
              batch_size: int = 250, out: str | Path = "runs/eval", device: str = "auto", data_root: str | None = None,
-             classifier: str | None = None, classifier_scale: float = 1.0, log=print) -> dict[str, Any]:
+             classifier: str | None = None, classifier_scale: float = 1.0, guidance_rescale: float | None = None,
+             guidance_interval: tuple[float, float] | None = None, log=print) -> dict[str, Any]:
     """Evaluate ``source``: a pipeline (sampled, resumable), a folder / .npz of images, or ``data:NAME:SPLIT``.
 
     ``eta`` None is the sampler's own default; ``classifier`` (a ``train-classifier`` file) adds classifier
-    guidance of scale ``classifier_scale`` to the sampling (recorded in the protocol with its hash)."""
+    guidance of scale ``classifier_scale`` to the sampling (recorded in the protocol with its hash);
+    ``guidance_rescale`` / ``guidance_interval`` None are the model's own defaults (recorded as used)."""
     from ..device import resolve_device
 
     bad = set(metrics) - set(METRICS)
@@ -123,7 +125,8 @@ def evaluate(source: str, *, extractor: str = "fmnist", weights: str | None = No
         proto = SampleProtocol(file_digest(path), n, seed, steps, sampler_name(sampler), guidance,
                                protocol_eta(sampler, eta), batch_size, kind,
                                file_digest(Path(classifier)) if clf is not None else "",
-                               classifier_scale if clf is not None else 0.0)
+                               classifier_scale if clf is not None else 0.0,
+                               **guidance_record(pipe.guidance_settings(guidance_rescale, guidance_interval)))
         samples = generate_images(pipe, proto, out / "samples", dataset,
                                   progress=lambda k, total: log(f"sampled {k}/{total}"), classifier=clf)
         report["images"] = asdict(proto) | {"checkpoint": str(path), "seeds": f"{seed}..{seed + n - 1} (image k: seed + k)"}

@@ -20,8 +20,8 @@ from .. import __version__
 from ..data import build_dataset
 from ..diffusion import sampler_name
 from ..weights import atomic_write, file_digest
-from .generation import (SampleProtocol, eval_batch, generate_images, images_to_tensor, load_latents,
-                         model_data_config, protocol_eta)
+from .generation import (SampleProtocol, eval_batch, generate_images, guidance_record, images_to_tensor,
+                         load_latents, model_data_config, protocol_eta)
 from .health import sample_health
 from .tasks import MIoU, caption_accuracy, inpainting_report, mean_layout_iou, segment_shapes, sr_report
 
@@ -71,6 +71,7 @@ def task_metrics(pipe, fake: torch.Tensor, batch: dict, classifier=None) -> dict
 def evaluate_task(checkpoint: str, *, n: int = 500, seed: int = 0, steps: int = 50, sampler: str = "ddim",
                   guidance: float = 3.0, batch_size: int = 100, out: str | Path = "runs/eval-task",
                   device: str = "auto", data_root: str | None = None, classifier: str | None = None,
+                  guidance_rescale: float | None = None, guidance_interval: tuple[float, float] | None = None,
                   log=print) -> dict[str, Any]:
     from ..device import resolve_device
     from ..pipeline import Pipeline
@@ -84,7 +85,8 @@ def evaluate_task(checkpoint: str, *, n: int = 500, seed: int = 0, steps: int = 
     pipe = Pipeline.load(path, device=dev)
     dataset = build_dataset(data_cfg, "test")
     proto = SampleProtocol(file_digest(path), n, seed, steps, sampler_name(sampler), guidance, protocol_eta(sampler),
-                           batch_size, f"data:{data_cfg.name}:test")
+                           batch_size, f"data:{data_cfg.name}:test",
+                           **guidance_record(pipe.guidance_settings(guidance_rescale, guidance_interval)))
     fake = images_to_tensor(generate_images(pipe, proto, out / "samples", dataset,
                                             progress=lambda k, total: log(f"sampled {k}/{total}")))
     batch = eval_batch(pipe, dataset, list(range(n)), seed)
