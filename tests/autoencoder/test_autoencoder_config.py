@@ -36,3 +36,20 @@ def test_invalid_values_raise_config_error():
 def test_from_dict_coerces_lists_to_tuples():
     cfg = from_dict(AutoencoderConfig, {"ch_mult": [1, 2], "attn_resolutions": [16], "resolution": 32})
     assert cfg.ch_mult == (1, 2) and cfg.attn_resolutions == (16,)
+
+
+def test_at_resolution_scales_the_attention_sizes_and_keeps_the_network():
+    from ldmkit.autoencoder import build_autoencoder
+
+    cfg = AutoencoderConfig(resolution=32, ch=8, ch_mult=(1, 2, 2), num_res_blocks=1, attn_resolutions=(8,))
+    big = cfg.at_resolution(64)
+    assert big.resolution == 64 and big.attn_resolutions == (16,) and big.latent_shape == (3, 16, 16)
+    small, large = build_autoencoder(cfg).state_dict(), build_autoencoder(big).state_dict()
+    assert {k: v.shape for k, v in small.items()} == {k: v.shape for k, v in large.items()}
+    assert cfg.at_resolution(32) is cfg
+    # a listed size below the last level (never reached) may not scale to a whole size
+    odd = AutoencoderConfig(resolution=32, ch_mult=(1, 2, 2), attn_resolutions=(2,))
+    with pytest.raises(ConfigError, match=r"data.image_size: 36: the first stage's attention sizes \(2,\)"):
+        odd.at_resolution(36)
+    with pytest.raises(ConfigError, match=r"data.image_size: 34 is not divisible by the first stage's factor 4"):
+        cfg.at_resolution(34)

@@ -81,3 +81,21 @@ def test_missing_data_folder_is_one_line(base, tmp_path, capsys):
     assert main(["fine-tune", str(folder), str(tmp_path / "nope")]) != 0
     err = capsys.readouterr().err.strip()
     assert "nope: not a folder" in err and "\n" not in err
+
+
+def test_fine_tune_at_another_size_than_the_release(base, tmp_path, capsys):
+    """A 64-px release tuned on 32-px crops: the same networks (convolutional), the release records 32 px, and its
+    samples come out at 32 px by default; a size the first stage cannot divide is a one-line error."""
+    pipe, folder, images = base
+    out = tmp_path / "small"
+    assert main(_args(folder, images, out, "--lora", "2", "data.image_size=32")) == 0
+    tuned = load_pipeline_any(out / "pipeline.safetensors")
+    f = pipe.cfg.autoencoder.downsample_factor
+    assert tuned.cfg.autoencoder.resolution == 32 and tuned.cfg.latent_shape[1:] == (32 // f, 32 // f)
+    assert all(torch.equal(v, pipe.autoencoder.state_dict()[k]) for k, v in tuned.autoencoder.state_dict().items())
+    x = tuned(prompt=["a photo of sks object"], num_inference_steps=2, seeds=[0], output_type="pt")
+    assert tuple(x.shape[-2:]) == (32, 32)
+    capsys.readouterr()
+    assert main(_args(folder, images, tmp_path / "bad", "--lora", "2", f"data.image_size={32 + f // 2}")) == 2
+    err = capsys.readouterr().err.strip()
+    assert f"data.image_size: {32 + f // 2} is not divisible by the first stage's factor {f}" in err and "\n" not in err

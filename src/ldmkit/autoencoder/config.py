@@ -1,7 +1,7 @@
 """Configuration of the first-stage autoencoder (KL or VQ) and of its training loss."""
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Literal
 
 from ..config import require
@@ -51,6 +51,19 @@ class AutoencoderConfig:
     @property
     def downsample_factor(self) -> int:
         return 2 ** (len(self.ch_mult) - 1)
+
+    def at_resolution(self, size: int) -> "AutoencoderConfig":
+        """The same network described at another image size (it is convolutional: the weights do not change).
+        ``attn_resolutions`` are feature-map sizes, so they scale with the image to keep attention where it was."""
+        if size == self.resolution:
+            return self
+        f = self.downsample_factor
+        require(size % f == 0, "data.image_size", f"{size} is not divisible by the first stage's factor {f}")
+        scaled = tuple(r * size / self.resolution for r in self.attn_resolutions)
+        require(all(r == int(r) for r in scaled), "data.image_size",
+                f"{size}: the first stage's attention sizes {self.attn_resolutions} at {self.resolution} px do not "
+                f"scale to whole sizes")
+        return replace(self, resolution=size, attn_resolutions=tuple(int(r) for r in scaled))
 
     @property
     def latent_shape(self) -> tuple[int, int, int]:

@@ -143,8 +143,9 @@ def build_pipeline(cfg: LDMRunConfig, class_names: list[str], released: Pipeline
             + (f" + the {cfg.concat.kind} condition's {extra}" if extra else "") + f", got {cfg.unet.in_channels}")
     require(ae_cfg.embed_dim == cfg.unet.out_channels, "unet.out_channels",
             f"must equal the first stage's latent channels ({ae_cfg.embed_dim}), got {cfg.unet.out_channels}")
-    require(ae_cfg.resolution == cfg.data.image_size, "data.image_size",
-            f"must equal the first stage's resolution ({ae_cfg.resolution}), got {cfg.data.image_size}")
+    # the LDM may train at another size than the first stage's (SD: a 256-px VAE under a 512-px LDM; fine-tuning
+    # a release at 768 or 256): both are convolutional, and the release records the size it was trained at
+    ae_cfg = ae_cfg.at_resolution(cfg.data.image_size)
     pcfg = PipelineConfig(ae_cfg, cfg.unet, cfg.conditioner, cfg.diffusion, scale,
                           class_names or (released.cfg.class_names if released else []), cfg.concat, cfg.guidance)
     pipe = Pipeline(pcfg, autoencoder=ae)
@@ -395,7 +396,9 @@ def _train(cfg: LDMRunConfig, released: Pipeline | None, resume: bool, out: Path
     if dist.is_main:
         _save_samples(pipe, ema.model, tc, out / "samples" / "samples_final.png", preview)
         view, meta = _ema_pipeline(pipe, ema.model), {"train_steps": step, "data": to_dict(cfg.data)}
-        if tc.lora_rank:  # the adapter alone, then folded into the weights (the EMA copy is not used again)
+        # LoRA: the adapter alone, then folded into the weights. The EMA shares the frozen released weights with
+        # the live model, so the merge changes both: nothing trains or saves a checkpoint after this point
+        if tc.lora_rank:
             save_lora(view, out / "lora.safetensors", metadata=meta | {"base": cfg.init_from})
             view.merge_lora()
         view.save(release, meta)
