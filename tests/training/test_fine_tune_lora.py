@@ -99,3 +99,46 @@ def test_fine_tune_at_another_size_than_the_release(base, tmp_path, capsys):
     assert main(_args(folder, images, tmp_path / "bad", "--lora", "2", f"data.image_size={32 + f // 2}")) == 2
     err = capsys.readouterr().err.strip()
     assert f"data.image_size: {32 + f // 2} is not divisible by the first stage's factor {f}" in err and "\n" not in err
+
+
+def test_prior_loss_and_pairs_closed_form():
+    from ldmkit.training.prior import PriorPairs, prior_loss
+
+    loss = torch.tensor([1.0, 2.0, 3.0, 5.0])
+    flags = torch.tensor([False, True, False, True])
+    assert float(prior_loss(loss, flags, 0.5)) == pytest.approx((1 + 3) / 2 + 0.5 * (2 + 5) / 2)
+    assert float(prior_loss(loss, torch.zeros(4, dtype=torch.bool), 0.5)) == pytest.approx(11 / 4)
+    pairs = PriorPairs([{"i": k} for k in range(2)], [{"i": 10 + k} for k in range(5)])
+    assert len(pairs) == 10
+    assert [pairs[j] for j in range(4)] == [{"i": 0, "prior": False}, {"i": 10, "prior": True},
+                                            {"i": 1, "prior": False}, {"i": 11, "prior": True}]
+    assert pairs[9] == {"i": 14, "prior": True} and pairs[8] == {"i": 0, "prior": False}
+
+
+def test_dreambooth_prior_preservation_draws_class_images_once_and_trains(base, tmp_path, capsys, monkeypatch):
+    pipe, folder, images = base
+    out = tmp_path / "db"
+    args = _args(folder, images, out, "--lora", "2", "--class-prompt", "a photo of an object", "--class-images", "3",
+                 "--prior-weight", "0.5", "train.sample_steps=2")
+    import ldmkit.training.ldm_loop as loop
+
+    seen = []
+    orig = loop.prior_loss
+    monkeypatch.setattr(loop, "prior_loss", lambda l, p, w: seen.append((p.clone(), w)) or orig(l, p, w))
+    assert main(args) == 0
+    made = sorted((out / "class-images").glob("class_*.png"))
+    assert [p.name for p in made] == ["class_00000.png", "class_00001.png", "class_00002.png"]
+    rows = [json.loads(r) for r in (out / "class-images" / "metadata.jsonl").read_text().splitlines()]
+    assert [r["text"] for r in rows] == ["a photo of an object"] * 3
+    assert Image.open(made[0]).size == (64, 64)
+    assert seen and all(w == 0.5 for _, w in seen) and any(bool(p.any()) for p, _ in seen)
+    cfg = (out / "config.yaml").read_text()
+    assert "prior_data:" in cfg and "class-images" in cfg
+    # a second run (more steps) keeps the class images it has
+    stamp = made[0].stat().st_mtime_ns
+    assert main(args + ["train.steps=4"]) == 0
+    assert made[0].stat().st_mtime_ns == stamp
+    capsys.readouterr()
+    assert main(_args(folder, images, tmp_path / "db2", "--class-prompt", " ")) == 2
+    err = capsys.readouterr().err.strip()
+    assert "--class-prompt: expected the class's caption" in err and "\n" not in err

@@ -58,6 +58,12 @@ def build_parser() -> argparse.ArgumentParser:
     mode.add_argument("--full", action="store_true", help="train every UNet weight instead of adapters")
     p.add_argument("overrides", nargs="*", help="train-ldm overrides, e.g. train.steps=500 train.lr=1e-4")
     p.add_argument("--no-resume", action="store_true", help="start fresh even if the run folder has a checkpoint")
+    prior = p.add_argument_group("DreamBooth prior preservation")
+    prior.add_argument("--class-prompt", default=None, metavar="TEXT",
+                       help="caption of the class (e.g. 'a photo of a dog'): the checkpoint draws --class-images of it "
+                            "first (OUT/class-images, resumable), trained beside your images so the class is kept")
+    prior.add_argument("--class-images", type=int, default=100, metavar="N", help="how many (default 100)")
+    prior.add_argument("--prior-weight", type=float, default=1.0, help="weight of the class images' loss (default 1)")
 
     p = sub.add_parser("cache-latents", help="encode an LDM preset's training set once (latent cache for train-ldm)",
                        description="Encode the training images (and their mirror images when data.flip) with the "
@@ -258,8 +264,9 @@ def _run(args: argparse.Namespace) -> None:
     elif args.command == "fine-tune":
         from ..training.ldm_loop import fine_tune
 
+        prior = None if args.class_prompt is None else (args.class_prompt, args.class_images, args.prior_weight)
         _print_weights(fine_tune(args.checkpoint, args.data, 0 if args.full else args.lora, args.overrides,
-                                 resume=not args.no_resume))
+                                 resume=not args.no_resume, prior=prior))
     elif args.command == "cache-latents":
         from ..config import load_config
         from ..training.ldm_loop import LDMRunConfig, cache_latents

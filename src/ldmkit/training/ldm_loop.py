@@ -28,6 +28,7 @@ from .checkpoint import Checkpointer
 from .config import TrainConfig, autocast, base_lr, grad_scaler, lr_factor
 from .distributed import Dist, no_sync
 from .ema import EMA
+from .prior import PriorPairs, generate_class_images, prior_loss
 from .embeddings import EmbeddingStore, build_embedding_cache, dataset_captions, embedding_cache_dir, embedding_key
 from .latents import LatentCache, LatentSource, ShardedLatentCache, cache_dir, canonical, encode_dataset, uses_flips
 from .logger import RunLogger
@@ -65,6 +66,10 @@ class LDMTrainConfig(TrainConfig):
     lora_dropout: float = 0.0
     lora_feed_forward: bool = False     # also the transformer blocks' feed-forward layers
     lora_text_encoder: bool = False     # also the CLIP text encoder's attention projections
+    # DreamBooth prior preservation: a folder of the class's images (ldmkit fine-tune --class-prompt writes one),
+    # drawn in equal shares with the training data; loss = instance mean + prior_weight x class mean
+    prior_data: str = ""
+    prior_weight: float = 1.0
 
     def __post_init__(self) -> None:
         super().__post_init__()
@@ -73,6 +78,7 @@ class LDMTrainConfig(TrainConfig):
         require(0.0 < self.ema_decay < 1.0, "ema_decay", f"must be in (0, 1), got {self.ema_decay}")
         require(self.eval_every >= 0, "eval_every", f"must be >= 0, got {self.eval_every}")
         require(self.eval_n >= 2, "eval_n", f"must be >= 2 (a covariance), got {self.eval_n}")
+        require(self.prior_weight >= 0, "prior_weight", f"must be >= 0, got {self.prior_weight}")
         require(self.snr_weighting in ("min_snr", "min_snr_plus_one"), "snr_weighting",
                 f"expected min_snr or min_snr_plus_one, got {self.snr_weighting!r}")
 
@@ -183,8 +189,8 @@ def open_latent_cache(cfg: LDMRunConfig) -> tuple[Path | None, LatentCache | Sha
     """(where this run's latent cache lives, the cache if it is complete); (None, None) when caching is off,
     in pixel space (the "latents" are the images) or when the data is streamed from tar shards (no index to
     look latents up by: they are encoded per batch)."""
-    if not cfg.train.cache_latents or pixel_space(cfg) or cfg.data.name in STREAMED:
-        return None, None
+    if not cfg.train.cache_latents or pixel_space(cfg) or cfg.data.name in STREAMED or cfg.train.prior_data:
+        return None, None  # (with prior images the data set is two folders: encoded per batch)
     path = cache_dir(_first_stage_path(cfg), cfg.data, cfg.train.encode_precision)
     return path, LatentCache.load(path)
 
@@ -282,6 +288,8 @@ def _train(cfg: LDMRunConfig, released: Pipeline | None, resume: bool, out: Path
     cache_path, cache = open_latent_cache(cfg)
     # with a cache the data set is read unflipped: the cache holds the mirror images' latents
     dataset = build_dataset(canonical(cfg.data) if cache is not None else cfg.data, "train")
+    if tc.prior_data:
+        dataset = PriorPairs(dataset, build_dataset(replace(cfg.data, name="image_folder", root=tc.prior_data), "train"))
     pipe = build_pipeline(cfg, list(getattr(dataset, "class_names", [])), released)
     # (tar shards without classes.json do not know their class count up front: a label out of range fails)
     known = getattr(dataset, "num_classes", None) is not None
@@ -359,7 +367,8 @@ def _train(cfg: LDMRunConfig, released: Pipeline | None, resume: bool, out: Path
             if pipe.conditioner is not None:
                 values = pipe.conditioner.drop(values, tc.p_uncond, generator=gens)
             with no_sync(model, k < accum - 1):
-                loss = model(z0, values, inputs.concat, gens).mean()
+                loss_per = model(z0, values, inputs.concat, gens)  # (B,)
+                loss = prior_loss(loss_per, mb["prior"], tc.prior_weight) if tc.prior_data else loss_per.mean()
                 scaler.scale(loss / accum if accum > 1 else loss).backward()
             losses.append(loss.detach())
         if tc.grad_clip:
@@ -458,11 +467,13 @@ def _preview_batch(dataset, cfg: LDMRunConfig) -> dict | None:
     return collate(first_items(dataset, 8))
 
 
-def fine_tune(checkpoint: str, data: str, lora_rank: int = 0, overrides: list[str] = (), resume: bool = True) -> Path:
+def fine_tune(checkpoint: str, data: str, lora_rank: int = 0, overrides: list[str] = (), resume: bool = True,
+              prior: tuple[str, int, float] | None = None) -> Path:
     """``ldmkit fine-tune``: ``train-ldm`` from a released pipeline (any format ``sample`` reads) on an image folder
     (captions from ``x.txt`` sidecars or captions.jsonl / metadata.jsonl, or class subfolders) or a shard set (a
     folder of .tar), with LoRA adapters of ``lora_rank`` (0: every weight trains). ``overrides`` as train-ldm's;
-    the image size defaults to the release's."""
+    the image size defaults to the release's. ``prior`` = (class prompt, number of class images, weight) adds
+    DreamBooth prior preservation: the release draws the class images into ``OUT/class-images`` first."""
     released = load_pipeline_any(checkpoint)
     root = Path(data)
     if not root.is_dir():
@@ -475,4 +486,14 @@ def fine_tune(checkpoint: str, data: str, lora_rank: int = 0, overrides: list[st
                 "train.out_dir": f"runs/fine-tune/{root.name}-{'lora' if lora_rank else 'full'}",
                 "train.guidance_scale": 7.5 if released.cfg.conditioner.kind in ("clip", "openclip") else 3.0}
     cfg = load_config(LDMRunConfig, None, [f"{k}={v}" for k, v in defaults.items() if k not in given] + list(overrides))
+    if prior is not None:
+        prompt, n, weight = prior
+        require(n >= 1, "--class-images", f"must be >= 1, got {n}")
+        # on the training device (then back: train_ldm moves the release itself; under torchrun every rank draws
+        # the same images and writes them atomically)
+        folder = generate_class_images(released.to(resolve_device(cfg.train.device)), prompt, n,
+                                       Path(cfg.train.out_dir) / "class-images", guidance=cfg.train.guidance_scale,
+                                       seed=cfg.train.seed)
+        released.to("cpu")
+        cfg = replace(cfg, train=replace(cfg.train, prior_data=str(folder), prior_weight=weight))
     return train_ldm(cfg, resume=resume, released=released)
