@@ -25,7 +25,8 @@ from ..diffusion import Schedule
 from ..nn.inference import inference_dtype
 from ..pipeline import Pipeline
 from .diffusers import CONFIG, MODEL_INDEX, export_diffusers, load_diffusers, load_diffusers_autoencoder, load_into
-from .original import IGNORED_PREFIXES, _autoencoder, export_original, load_original, with_text_options
+from .original import IGNORED_PREFIXES, export_original, load_original, with_text_options
+from .original_config import _autoencoder
 from .safe_load import PICKLE_SUFFIXES, load_state_dict_file
 from .sd_infer import VAE, infer_sd_config
 
