@@ -137,7 +137,8 @@ def sample_command(args: argparse.Namespace) -> None:
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     settings = {"checkpoint": str(args.checkpoint), "sampler": sampler_name(args.sampler), "steps": args.steps,
-                "guidance": args.guidance, "precision": args.precision, **guidance_record(pipe.guidance_settings(args.guidance_rescale, args.guidance_interval)),
+                "guidance": args.guidance, "precision": args.precision,
+                **guidance_record(pipe.guidance_settings(args.guidance_rescale, args.guidance_interval)),
                 **text, **({"lora": args.lora} if args.lora else {}), **options}
     if guide:
         settings |= {"classifier": str(args.classifier), "classifier_scale": args.classifier_scale}

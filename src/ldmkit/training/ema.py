@@ -24,6 +24,8 @@ class EMA:
         self._pairs = [(n, e) for (n, e), p in zip(self.model.named_parameters(), model.parameters()) if e is not p]
         for _, e in self._pairs:
             e.requires_grad_(False)
+        averaged = {n for n, _ in self._pairs}
+        self._shared = {n for n, _ in self.model.named_parameters()} - averaged  # frozen: not in the state
         self.decay = decay
         self.warmup = warmup
         self.num_updates = 0
@@ -42,19 +44,14 @@ class EMA:
             b_ema.copy_(b)
 
     def state_dict(self) -> dict:
-        averaged = {n for n, _ in self._pairs}
-        model = {k: v for k, v in self.model.state_dict().items() if k in averaged or k not in self._param_names()}
+        model = {k: v for k, v in self.model.state_dict().items() if k not in self._shared}
         return {"model": model, "num_updates": self.num_updates, "decay": self.decay}
 
     def load_state_dict(self, state: dict) -> None:
         """Also reads checkpoints written before frozen parameters were shared (their copies are skipped)."""
-        own = {n for n, _ in self._pairs}
-        saved = {k: v for k, v in state["model"].items() if k in own or k not in self._param_names()}
+        saved = {k: v for k, v in state["model"].items() if k not in self._shared}
         missing, unexpected = self.model.load_state_dict(saved, strict=False)
-        lost = [k for k in missing if k in own or k not in self._param_names()]
+        lost = [k for k in missing if k not in self._shared]
         if lost or unexpected:
             raise RuntimeError(f"EMA state: missing {lost[:3]}, unexpected {list(unexpected)[:3]}")
         self.num_updates = int(state["num_updates"])
-
-    def _param_names(self) -> set[str]:
-        return {n for n, _ in self.model.named_parameters()}
