@@ -48,6 +48,11 @@ def test_class_subfolders_captions_and_split(tmp_path):
     assert x.shape == (3, 16, 16) and x.dtype == torch.float32 and x.min() >= -1 and x.max() <= 1
     batch = collate([train[i] for i in range(4)])
     assert batch["image"].shape == (4, 3, 16, 16) and len(batch["caption"]) == 4
+    # test_every: another stride, or none held out (fine-tune's default: every image trains)
+    assert [p.name for p in ImageFolder(cfg(tmp_path, test_every=4), "test").files] == ["c0.JPG", "c4.JPG", "d2.png"]
+    assert len(ImageFolder(cfg(tmp_path, test_every=0), "train")) == 12
+    with pytest.raises(DataError, match="test_every=0 holds none out"):
+        ImageFolder(cfg(tmp_path, test_every=0), "test")
 
 
 def test_flat_folder_modes_and_transparency(tmp_path):

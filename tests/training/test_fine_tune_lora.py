@@ -142,3 +142,69 @@ def test_dreambooth_prior_preservation_draws_class_images_once_and_trains(base, 
     assert main(_args(folder, images, tmp_path / "db2", "--class-prompt", " ")) == 2
     err = capsys.readouterr().err.strip()
     assert "--class-prompt: expected the class's caption" in err and "\n" not in err
+
+
+def test_bf16_lora_keeps_frozen_weights_in_bf16_and_releases_the_base_as_stored(base, tmp_path, monkeypatch):
+    # a bf16 LoRA run stores the frozen UNet / text tower in bf16 (no float32 master copy: half the memory at SD's
+    # size) with float32 adapters, checkpoints activations when asked, and merges its adapters into the base as it
+    # is on disk, so the release equals `merge-lora` of its own file on the base to float32 precision
+    from ldmkit.training import adapters
+
+    seen = {}
+    real = adapters.add_adapters
+
+    def spy(pipe, tc, parts):
+        n = real(pipe, tc, parts)
+        seen["frozen"] = {p.dtype for m in (pipe.unet, pipe.conditioner) for p in m.parameters() if not p.requires_grad}
+        seen["trainable"] = {p.dtype for p in pipe.unet.parameters() if p.requires_grad}
+        seen["checkpointing"] = pipe.unet.cfg.use_checkpoint
+        return n
+
+    monkeypatch.setattr("ldmkit.training.ldm_loop.add_adapters", spy)
+    _, folder, images = base
+    out = tmp_path / "bf16"
+    assert main(_args(folder, images, out, "--lora", "4", "train.precision=bf16", "unet.use_checkpoint=true")
+                + ["train.sample_every=2"]) == 0
+    assert seen == {"frozen": {torch.bfloat16}, "trainable": {torch.float32}, "checkpointing": True}
+    assert (out / "samples" / "samples_0000002.png").is_file()  # sampled mid-run with the half-precision weights
+    tuned = load_pipeline_any(out / "pipeline.safetensors")
+    rebuilt = load_pipeline_any(folder)
+    rebuilt.load_lora(out / "lora.safetensors")
+    rebuilt.merge_lora()
+    for name in ("unet", "conditioner"):
+        ref = getattr(rebuilt, name).state_dict()
+        assert all(torch.equal(v, ref[k]) for k, v in getattr(tuned, name).state_dict().items()), name
+    assert tuned.cfg.autoencoder.resolution == 64 and tuned.unet.cfg.use_checkpoint
+
+
+def test_bad_inputs_are_one_line_errors_and_write_nothing(base, tmp_path, capsys):
+    _, folder, images = base
+
+    def fails(args, code, *needles):
+        capsys.readouterr()
+        try:
+            got = main(args)
+        except SystemExit as e:  # argparse's usage errors exit 2
+            got = e.code
+        assert got == code
+        err = capsys.readouterr().err.strip()
+        assert all(n in err for n in needles) and "\n" not in err and "Traceback" not in err, err
+
+    out = tmp_path / "zero"
+    fails(_args(folder, images, out, "--lora", "0"), 2, "--lora", "expected an integer >= 1")
+    assert not out.exists()
+    bare = tmp_path / "bare"
+    bare.mkdir()
+    for f in images.glob("*.png"):
+        (bare / f.name).write_bytes(f.read_bytes())
+    fails(_args(folder, bare, tmp_path / "nocap"), 2, "none of the 6 images has a caption", "metadata.jsonl")
+    assert not (tmp_path / "nocap" / "checkpoint.pt").exists()
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    fails(_args(folder, empty, tmp_path / "none"), 2, "no images", str(empty))
+    # some captions missing: counted, and the run trains (the others as the empty prompt)
+    for i in range(2):
+        (bare / f"{i}.txt").write_text("a photo of sks object\n")
+    capsys.readouterr()
+    assert main(_args(folder, bare, tmp_path / "some")) == 0
+    assert "4 of 6 images have no caption: they train as the empty prompt" in capsys.readouterr().err

@@ -54,7 +54,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("data", help="image folder (captions: x.txt beside x.png, captions.jsonl or metadata.jsonl; or "
                                 "class subfolders) or a folder of .tar shards")
     mode = p.add_mutually_exclusive_group()
-    mode.add_argument("--lora", type=int, default=4, metavar="RANK", help="LoRA rank (default 4)")
+    mode.add_argument("--lora", type=_rank, default=4, metavar="RANK", help="LoRA rank (default 4)")
     mode.add_argument("--full", action="store_true", help="train every UNet weight instead of adapters")
     p.add_argument("overrides", nargs="*", help="train-ldm overrides, e.g. train.steps=500 train.lr=1e-4")
     p.add_argument("--no-resume", action="store_true", help="start fresh even if the run folder has a checkpoint")
@@ -240,6 +240,18 @@ def _interval(text: str) -> tuple[float, float]:
         return check_interval(tuple(float(v) for v in text.split(",")))
     except ValueError as e:
         raise argparse.ArgumentTypeError(f"expected LO,HI (0 <= LO <= HI) or 'all', got {text!r}: {e}") from None
+
+
+def _rank(text: str) -> int:
+    """``--lora RANK``: an integer >= 1 (0 would silently train every weight: that is ``--full``)."""
+    try:
+        rank = int(text)
+    except ValueError:
+        rank = 0
+    if rank < 1 or str(rank) != text.strip():
+        raise argparse.ArgumentTypeError(f"expected an integer >= 1 (the adapters' rank; --full trains every "
+                                         f"weight), got {text!r}")
+    return rank
 
 
 def _print_weights(path) -> None:

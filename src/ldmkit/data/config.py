@@ -42,6 +42,9 @@ class DataConfig:
     max_objects: int = 2
     seed: int = 0
     download: bool = False  # fashion_mnist: allow downloading the official files into the cache
+    # image_folder: every Nth file (sorted order) is the test split; 0 holds none out (fine-tune's default: a
+    # user's 20 photos all train)
+    test_every: int = 10
     # webdataset: a glob or brace list of tar shards ("train-{0000..0099}.tar"), relative to root when set
     shards: str = ""
     test_shards: str = ""       # webdataset: the held-out shards of the test split (same syntax)
@@ -57,6 +60,7 @@ class DataConfig:
                 "required for name=image_folder (a folder of images)")
         require(self.name != "webdataset" or bool(self.root or self.shards), "root",
                 "name=webdataset needs data.root=DIR (a folder of .tar shards) or data.shards=PATTERN")
+        require(self.test_every >= 0, "test_every", f"must be >= 0 (0 = no test split), got {self.test_every}")
         require(self.shuffle_buffer >= 1, "shuffle_buffer", f"must be >= 1, got {self.shuffle_buffer}")
 
 
@@ -64,6 +68,8 @@ def data_identity(cfg: DataConfig) -> dict:
     """The config fields that decide which images (and conditioning) a data set yields, as a plain dict:
     what caches are keyed by. The webdataset fields count only for webdataset data."""
     fields = to_dict(cfg)
+    if cfg.name != "image_folder" or cfg.test_every == 10:
+        fields.pop("test_every")  # (the default split: keys written before the field existed stay valid)
     if cfg.name not in STREAMED:
         for k in STREAM_FIELDS:
             fields.pop(k)

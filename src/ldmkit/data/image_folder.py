@@ -84,9 +84,9 @@ def folder_captions(root: Path, files: list[Path]) -> list[str | None]:
 class ImageFolder(Dataset):
     """Images under ``cfg.root``, resized + center-cropped to ``cfg.image_size``.
 
-    Split: files are sorted by relative path and every 10th one (index % 10 == 0) is held
-    out as "test"; the rest is "train". Deterministic, no seed needed, and stable when
-    files are added at the end of the order.
+    Split: files are sorted by relative path and every ``cfg.test_every``-th one (index % 10 == 0 by
+    default) is held out as "test"; the rest is "train" (``test_every=0``: every file trains).
+    Deterministic, no seed needed, and stable when files are added at the end of the order.
 
     Labels: only when *every* image lies in a first-level subfolder; the sorted subfolder
     names are the classes. Captions: a sidecar ``x.txt`` next to ``x.png``, else the
@@ -111,11 +111,13 @@ class ImageFolder(Dataset):
             raise DataError(f"no images ({', '.join(EXTENSIONS)}) found under {self.root}")
         self.class_names = folder_classes(self.root, all_files)
         self.num_classes = len(self.class_names)
-        keep = [i for i in range(len(all_files)) if (i % 10 == 0) == (split == "test")]
+        every = cfg.test_every
+        keep = [i for i in range(len(all_files)) if bool(every) and (i % every == 0) == (split == "test")
+                or not every and split == "train"]
         self.files = [all_files[i] for i in keep]
         if not self.files:
-            raise DataError(f"no images in the {split} split of {self.root} "
-                            f"({len(all_files)} file(s); every 10th is held out as test)")
+            held = f"every {every}th is held out as test" if every else "data.test_every=0 holds none out"
+            raise DataError(f"no images in the {split} split of {self.root} ({len(all_files)} file(s); {held})")
         index = {name: i for i, name in enumerate(self.class_names)}
         self.labels = [index[all_files[i].relative_to(self.root).parts[0]] if self.num_classes else -1
                        for i in keep]

@@ -83,10 +83,11 @@ def describe(objects: Sequence[ShapeObject]) -> str:
     return text
 
 
-def sample_objects(rng: np.random.Generator, size: int, max_objects: int) -> list[tuple[int, int, int, str, str]]:
+def sample_objects(rng: np.random.Generator, size: int, max_objects: int,
+                   colours: Sequence[str] = COLOURS) -> list[tuple[int, int, int, str, str]]:
     """Non-overlapping square boxes in pixels: (x0, y0, side, shape, colour), largest first.
 
-    Sides are in [ceil(size/4), size/2]; boxes keep a margin of >= 1 px, so no pixel is shared
+    ``colours``: the names drawn from (a study of a new colour word passes a longer list). Sides are in [ceil(size/4), size/2]; boxes keep a margin of >= 1 px, so no pixel is shared
     between two objects. An object that finds no free spot in MAX_TRIES is dropped.
     """
     n = int(rng.integers(1, max_objects + 1))
@@ -97,7 +98,7 @@ def sample_objects(rng: np.random.Generator, size: int, max_objects: int) -> lis
     placed: list[tuple[int, int, int, str, str]] = []
     for side in sides:
         shape = SHAPES[int(rng.integers(len(SHAPES)))]
-        colour = COLOURS[int(rng.integers(len(COLOURS)))]
+        colour = colours[int(rng.integers(len(colours)))]
         for _ in range(MAX_TRIES):
             x0, y0 = (int(v) for v in rng.integers(0, size - side + 1, size=2))
             if all(x0 >= px + ps + margin or px >= x0 + side + margin or
@@ -108,18 +109,21 @@ def sample_objects(rng: np.random.Generator, size: int, max_objects: int) -> lis
 
 
 def render(placed: Sequence[tuple[int, int, int, str, str]], size: int,
-           background: tuple[int, int, int]) -> tuple[np.ndarray, np.ndarray]:
+           background: tuple[int, int, int],
+           palette: dict[str, tuple[int, int, int]] = PALETTE) -> tuple[np.ndarray, np.ndarray]:
     """Draw at SUPERSAMPLE x resolution; return (RGB uint8 (S, S, 3), class map int64 (S, S)).
 
     The image is the exact block average of the fine drawing (antialiased edges) and a
     pixel's class is the object covering at least half of it, so map and image agree.
+    ``palette``: colour name -> RGB; class ids run over it as :func:`class_id` runs over PALETTE.
     """
     f = SUPERSAMPLE
+    names = list(palette)
     fine = Image.new("P", (size * f, size * f), 0)
-    fine.putpalette([v for rgb in [background] + [PALETTE[c] for _ in SHAPES for c in COLOURS] for v in rgb])
+    fine.putpalette([v for rgb in [background] + [palette[c] for _ in SHAPES for c in names] for v in rgb])
     draw = ImageDraw.Draw(fine)
     for x0, y0, side, shape, colour in placed:
-        cid = class_id(shape, colour)
+        cid = SHAPES.index(shape) * len(names) + names.index(colour) + 1  # = class_id() on PALETTE
         a, b, c, d = x0 * f, y0 * f, (x0 + side) * f - 1, (y0 + side) * f - 1
         if shape == "circle":
             draw.ellipse((a, b, c, d), fill=cid)

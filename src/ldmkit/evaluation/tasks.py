@@ -26,7 +26,13 @@ from .reconstruction import psnr, ssim
 from .tasks_shapes import DetectorConfig, analyse_shapes, detect_shapes, segment_shapes
 
 RELATIONS = ("left of", "right of", "above", "below")
-_OBJ = re.compile(rf"an? ({'|'.join(COLOURS)}) ({'|'.join(SHAPES)})")
+
+
+def _object_pattern(colours: Sequence[str]) -> re.Pattern:
+    return re.compile(rf"an? ({'|'.join(map(re.escape, colours))}) ({'|'.join(SHAPES)})")
+
+
+_OBJ = _object_pattern(COLOURS)
 _REL = re.compile(rf" ({'|'.join(RELATIONS)}) ")
 SSIM_WINDOW = 11  # reconstruction.ssim's window: smaller images get no SSIM keys
 
@@ -41,17 +47,21 @@ class ParsedCaption:
     relation: str | None
 
 
-def parse_caption(caption: str) -> ParsedCaption:
-    """Parse the grammar of ``shapes.describe``; raises ValueError on anything else (e.g. an unknown colour)."""
+def parse_caption(caption: str, colours: Sequence[str] = COLOURS) -> ParsedCaption:
+    """Parse the grammar of ``shapes.describe``; raises ValueError on anything else (e.g. an unknown colour).
+
+    ``colours``: the colour words allowed (``DetectorConfig.colours`` when a study adds one).
+    """
     text = caption.strip().lower()
+    pattern = _OBJ if tuple(colours) == COLOURS else _object_pattern(colours)
     if text == "nothing":
         return ParsedCaption((), None)
 
     def obj_at(pos: int) -> tuple[tuple[str, str], int]:
-        m = _OBJ.match(text, pos)
+        m = pattern.match(text, pos)
         if m is None:
             raise ValueError(f"caption {caption!r}: expected 'a <colour> <shape>' at {text[pos:]!r} "
-                             f"(colours {', '.join(COLOURS)}; shapes {', '.join(SHAPES)})")
+                             f"(colours {', '.join(colours)}; shapes {', '.join(SHAPES)})")
         return (m.group(1), m.group(2)), m.end()
 
     first, pos = obj_at(0)
@@ -70,13 +80,13 @@ def parse_caption(caption: str) -> ParsedCaption:
     return ParsedCaption(tuple(objects), rel)
 
 
-def caption_match(caption: str, objects: Sequence[ShapeObject]) -> bool:
+def caption_match(caption: str, objects: Sequence[ShapeObject], colours: Sequence[str] = COLOURS) -> bool:
     """True when ``objects`` are exactly the caption's (colour, shape) multiset and its relation holds.
 
     The relation is checked on detected objects of the first two named kinds; when a kind occurs
     twice any assignment that satisfies it counts (the caption cannot say which one is meant).
     """
-    parsed = parse_caption(caption)
+    parsed = parse_caption(caption, colours)
     if Counter((o.colour, o.shape) for o in objects) != Counter(parsed.objects):
         return False
     if parsed.relation is None:
@@ -100,10 +110,11 @@ def caption_accuracy(images: torch.Tensor | Sequence, captions: Sequence[str],
     images = _images(images)
     if len(images) != len(captions):
         raise ValueError(f"caption_accuracy: {len(images)} images but {len(captions)} captions")
+    colours = (cfg or DetectorConfig()).colours
     hits: dict[int, list[bool]] = {}
     for image, caption in zip(images, captions):
-        n = len(parse_caption(caption).objects)
-        hits.setdefault(n, []).append(caption_match(caption, detect_shapes(image, cfg)))
+        n = len(parse_caption(caption, colours).objects)
+        hits.setdefault(n, []).append(caption_match(caption, detect_shapes(image, cfg), colours))
 
     def rate(values: list[bool]) -> float:
         return sum(values) / len(values) if values else math.nan

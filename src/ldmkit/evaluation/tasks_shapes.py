@@ -18,7 +18,7 @@ so on clean data the two agree.
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 import torch
@@ -31,7 +31,6 @@ from ldmkit.data.shapes import COLOURS, PALETTE, SHAPES, ShapeObject
 _PROTOTYPES = np.array([[np.pi / 4, 0.0], [1.0, 0.0], [0.5, 1.0]])
 # Compactness = longest column x longest row / mass: square s*s/s^2 = 1, circle (2r)^2/(pi r^2) = 4/pi.
 _SQUARE_CIRCLE_SPLIT = (1.0 + 4 / np.pi) / 2
-_PALETTE_RGB = np.array([PALETTE[c] for c in COLOURS], dtype=np.float64)  # (K, 3)
 _EIGHT = np.ones((3, 3), dtype=bool)  # 8-connectivity: a triangle's one-pixel apex stays attached
 
 
@@ -48,6 +47,9 @@ class DetectorConfig:
     min_area_fraction: float = 1 / 80  # components smaller than this share of H*W are dropped
     box_coverage: float = 0.2        # alpha that extends the box (a triangle's apex is < 0.5 covered)
     background_range: tuple[float, float] = (200.0, 255.0)  # clamp for the estimated grey level
+    # Colours beyond the data set's palette, name -> RGB (a study that teaches a model a new colour word
+    # scores it with the same rule); class-map ids then run over the longer palette.
+    extra_colours: dict[str, tuple[int, int, int]] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         require(0.0 < self.coverage <= 1.0, "coverage", f"must be in (0, 1], got {self.coverage}")
@@ -58,6 +60,18 @@ class DetectorConfig:
                 f"must be in (0, coverage], got {self.box_coverage}")
         lo, hi = self.background_range
         require(0 <= lo <= hi <= 255, "background_range", f"must be 0 <= lo <= hi <= 255, got {self.background_range}")
+        clash = sorted(set(self.extra_colours) & set(PALETTE))
+        require(not clash, "extra_colours", f"must be new colour names, got {clash} (already in the palette)")
+
+    @property
+    def colours(self) -> tuple[str, ...]:
+        """Colour names the detector knows: the palette's, then ``extra_colours``."""
+        return COLOURS + tuple(self.extra_colours)
+
+    def palette_rgb(self) -> np.ndarray:
+        """(K, 3) float64 RGB of :attr:`colours`."""
+        table = {**PALETTE, **self.extra_colours}
+        return np.array([table[c] for c in self.colours], dtype=np.float64)
 
 
 def to_rgb255(image: torch.Tensor | np.ndarray) -> np.ndarray:
@@ -89,7 +103,7 @@ def _colour_coverage(rgb: np.ndarray, cfg: DetectorConfig) -> tuple[np.ndarray, 
     """Per pixel and palette colour: (alpha, ok) both (H, W, K); ok = residual within tolerance."""
     grey = _background(rgb, cfg)
     p = rgb.reshape(-1, 3) - grey  # (N, 3), background at the origin
-    d = _PALETTE_RGB - grey  # (K, 3)
+    d = cfg.palette_rgb() - grey  # (K, 3)
     dd = (d * d).sum(1)  # (K,)
     alpha = np.clip(p @ d.T / dd, 0.0, 1.0)  # (N, K) position along grey -> colour
     resid2 = (p * p).sum(1, keepdims=True) - 2 * alpha * (p @ d.T) + alpha**2 * dd  # |p - alpha d|^2
@@ -139,8 +153,9 @@ def analyse_shapes(image: torch.Tensor | np.ndarray,
     coloured = np.isfinite(resid_eligible.min(axis=2)) & (best_alpha >= cfg.coverage)
     soft = np.where(np.isfinite(resid2), alpha, 0.0)  # (H, W, K) coverage where the colour fits
     min_area = cfg.min_area_fraction * h * w
-    found: list[tuple[int, ShapeObject, np.ndarray]] = []
-    for k, colour in enumerate(COLOURS):
+    found: list[tuple[int, ShapeObject, np.ndarray, int]] = []
+    colours = cfg.colours
+    for k, colour in enumerate(colours):
         labels, n = ndimage.label(coloured & (best == k), structure=_EIGHT)
         for comp, sl in enumerate(ndimage.find_objects(labels), start=1):
             mask = labels[sl] == comp
@@ -157,13 +172,14 @@ def analyse_shapes(image: torch.Tensor | np.ndarray,
             box = (float(bx0 / w), float(by0 / h), float(bx1 / w), float(by1 / h))
             full = np.zeros((h, w), dtype=bool)
             full[sl] = mask
-            found.append(((bx1 - bx0) * (by1 - by0), ShapeObject(shape, colour, box), full))
+            cid = SHAPES.index(shape) * len(colours) + k + 1  # = ShapeObject.class_id on the palette alone
+            found.append(((bx1 - bx0) * (by1 - by0), ShapeObject(shape, colour, box), full, cid))
     # Largest box first, as the data set orders objects (by side, which a box area tracks).
     found.sort(key=lambda f: (-f[0], f[1].box[1], f[1].box[0]))
     class_map = np.zeros((h, w), dtype=np.int64)
-    for _, obj, full in found:
-        class_map[full] = obj.class_id
-    return [obj for _, obj, _ in found], class_map
+    for _, _, full, cid in found:
+        class_map[full] = cid
+    return [obj for _, obj, _, _ in found], class_map
 
 
 def detect_shapes(image: torch.Tensor | np.ndarray, cfg: DetectorConfig | None = None) -> list[ShapeObject]:

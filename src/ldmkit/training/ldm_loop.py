@@ -21,9 +21,9 @@ from ..evaluation.periodic import PeriodicEval
 from ..imageio import save_grid
 from ..nn import ConditionerConfig, UNetConfig, build_conditioner
 from ..nn.concat import ConcatConfig
-from ..nn.lora import TEXT_TARGETS, LoraSpec, add_lora
 from ..pipeline import Pipeline, PipelineConfig
-from ..pipeline_inputs import batch_conditioning, gather_inputs
+from ..pipeline_inputs import CONTEXT_KEYS, batch_conditioning, gather_inputs
+from .adapters import add_adapters, frozen_in_half, load_release_for, lora_release
 from .checkpoint import Checkpointer
 from .config import TrainConfig, autocast, base_lr, grad_scaler, lr_factor
 from .distributed import Dist, no_sync
@@ -132,7 +132,9 @@ def adopt_release(cfg: LDMRunConfig, released: Pipeline) -> LDMRunConfig:
     its guidance defaults too, unless the run sets its own."""
     rc = released.cfg
     guidance = rc.guidance if cfg.guidance == GuidanceConfig() else cfg.guidance
-    return replace(cfg, unet=rc.unet, conditioner=rc.conditioner, concat=rc.concat, diffusion=rc.diffusion,
+    # activation checkpointing is how the run trains, not the architecture: `unet.use_checkpoint=true` holds
+    unet = replace(rc.unet, use_checkpoint=cfg.unet.use_checkpoint or rc.unet.use_checkpoint)
+    return replace(cfg, unet=unet, conditioner=rc.conditioner, concat=rc.concat, diffusion=rc.diffusion,
                    guidance=guidance)
 
 
@@ -154,12 +156,12 @@ def build_pipeline(cfg: LDMRunConfig, class_names: list[str], released: Pipeline
     ae_cfg = ae_cfg.at_resolution(cfg.data.image_size)
     pcfg = PipelineConfig(ae_cfg, cfg.unet, cfg.conditioner, cfg.diffusion, scale,
                           class_names or (released.cfg.class_names if released else []), cfg.concat, cfg.guidance)
-    pipe = Pipeline(pcfg, autoencoder=ae)
-    if released is not None:
-        for part in DENOISER_PARTS:
-            if getattr(pipe, part) is not None:
-                getattr(pipe, part).load_state_dict(getattr(released, part).state_dict())
-    return pipe
+    if released is None:
+        return Pipeline(pcfg, autoencoder=ae)
+    # fine-tuning trains the release's own modules (adopt_release gave the run their architecture): a fresh
+    # pipeline loaded from them would hold every weight twice, 3.4 GB more for SD's UNet
+    released.unet.cfg = cfg.unet  # (carries use_checkpoint)
+    return Pipeline(pcfg, autoencoder=ae, **{part: getattr(released, part) for part in DENOISER_PARTS})
 
 
 class DenoiserLoss(nn.Module):
@@ -290,6 +292,7 @@ def _train(cfg: LDMRunConfig, released: Pipeline | None, resume: bool, out: Path
     dataset = build_dataset(canonical(cfg.data) if cache is not None else cfg.data, "train")
     if tc.prior_data:
         dataset = PriorPairs(dataset, build_dataset(replace(cfg.data, name="image_folder", root=tc.prior_data), "train"))
+    caption_note = check_captions(cfg, dataset)
     pipe = build_pipeline(cfg, list(getattr(dataset, "class_names", [])), released)
     # (tar shards without classes.json do not know their class count up front: a label out of range fails)
     known = getattr(dataset, "num_classes", None) is not None
@@ -310,7 +313,7 @@ def _train(cfg: LDMRunConfig, released: Pipeline | None, resume: bool, out: Path
     if tc.channels_last:
         pipe.unet.to(memory_format=torch.channels_last)
     # before the optimizer, the EMA copy and the checkpoint restore, which all see the adapters
-    n_lora = add_adapters(pipe, tc) if tc.lora_rank else 0
+    n_lora = add_adapters(pipe, tc, DENOISER_PARTS) if tc.lora_rank else 0
     store = open_embedding_cache(cfg, pipe.conditioner)
     if store is not None:  # before the EMA copy, which then shares it
         pipe.conditioner.store = store
@@ -338,6 +341,8 @@ def _train(cfg: LDMRunConfig, released: Pipeline | None, resume: bool, out: Path
     step = ckpt.restore() if resume else 0
 
     log = RunLogger(out, tc.steps, step, enabled=dist.is_main, tensorboard=tc.tensorboard)
+    if caption_note:
+        log.write(caption_note)
     if store is not None:
         log.write(f"text embeddings of {len(store)} captions from {store.path} (the encoder runs for others only)")
     trainable = sum(p.numel() for p in denoiser.parameters() if p.requires_grad)
@@ -384,10 +389,11 @@ def _train(cfg: LDMRunConfig, released: Pipeline | None, resume: bool, out: Path
             log.log(step, mean_loss | {"lr": lr}, global_batch)
         measure_start = time.perf_counter()  # grids and evaluation are measurements: not training time
         if step % tc.sample_every == 0 and dist.is_main:
-            _save_samples(pipe, ema.model, tc, out / "samples" / f"samples_{step:07d}.png", preview)
+            _save_samples(pipe, ema.model, tc, out / "samples" / f"samples_{step:07d}.png", preview, device)
         scores = None
         if evaluator is not None and step % tc.eval_every == 0:
-            scores = evaluator(_ema_pipeline(pipe, ema.model).eval())
+            with autocast(device, tc.precision if frozen_in_half(tc) else "fp32"):
+                scores = evaluator(_ema_pipeline(pipe, ema.model).eval())
         measured = time.perf_counter() - measure_start
         budget.exclude(measured)
         log.exclude(measured)
@@ -403,33 +409,32 @@ def _train(cfg: LDMRunConfig, released: Pipeline | None, resume: bool, out: Path
     ckpt.save(step)
     release = out / "pipeline.safetensors"
     if dist.is_main:
-        _save_samples(pipe, ema.model, tc, out / "samples" / "samples_final.png", preview)
+        _save_samples(pipe, ema.model, tc, out / "samples" / "samples_final.png", preview, device)
         view, meta = _ema_pipeline(pipe, ema.model), {"train_steps": step, "data": to_dict(cfg.data)}
         # LoRA: the adapter alone, then folded into the weights. The EMA shares the frozen released weights with
         # the live model, so the merge changes both: nothing trains or saves a checkpoint after this point
         if tc.lora_rank:
             save_lora(view, out / "lora.safetensors", metadata=meta | {"base": cfg.init_from})
-            view.merge_lora()
+            if frozen_in_half(tc) and cfg.init_from:  # merged into the base as stored, not its rounded copy
+                view = lora_release(view, cfg.init_from, out / "lora.safetensors", load_pipeline_any)
+            else:
+                view.merge_lora()
         view.save(release, meta)
     dist.barrier()
     return release
 
 
-def add_adapters(pipe: Pipeline, tc: LDMTrainConfig) -> int:
-    """Trainable LoRA adapters on the UNet (and the CLIP text encoder); every other weight frozen. Returns the
-    adapters' parameter count."""
-    spec = LoraSpec(rank=tc.lora_rank, alpha=tc.lora_alpha or float(tc.lora_rank), dropout=tc.lora_dropout,
-                    feed_forward=tc.lora_feed_forward, text_encoder=tc.lora_text_encoder)
-    for name in DENOISER_PARTS:
-        if getattr(pipe, name) is not None:
-            getattr(pipe, name).requires_grad_(False)
-    n = add_lora(pipe.unet, spec, spec.unet_targets())
-    if spec.text_encoder:
-        if pipe.cfg.conditioner.kind not in ("clip", "openclip"):
-            raise ConfigError(f"train.lora_text_encoder: needs a CLIP text encoder, this model's conditioner is "
-                              f"{pipe.cfg.conditioner.kind!r}")
-        n += add_lora(pipe.conditioner, spec, TEXT_TARGETS)
-    return n
+def check_captions(cfg: LDMRunConfig, dataset) -> str | None:
+    """A text model on an image folder: a one-line error when no image has a caption; a note of how many lack one
+    (they train as the empty prompt, the unconditional one classifier-free guidance learns anyway)."""
+    captions = getattr(getattr(dataset, "instance", dataset), "captions", None)  # (PriorPairs: the user's images)
+    if CONTEXT_KEYS.get(cfg.conditioner.kind) != "caption" or captions is None:
+        return None
+    missing = sum(c is None for c in captions)
+    if missing == len(captions):
+        raise ConfigError(f"{cfg.data.root}: none of the {len(captions)} images has a caption, which a text-to-image "
+                          "model needs (x.txt beside x.png, or metadata.jsonl with file_name / text)")
+    return f"{missing} of {len(captions)} images have no caption: they train as the empty prompt" if missing else None
 
 
 def _ema_pipeline(pipe: Pipeline, ema_model: nn.ModuleDict) -> Pipeline:
@@ -440,6 +445,13 @@ def _ema_pipeline(pipe: Pipeline, ema_model: nn.ModuleDict) -> Pipeline:
 
 @torch.no_grad()
 def _save_samples(pipe: Pipeline, ema_model: nn.ModuleDict, tc: LDMTrainConfig, path: Path,
+                  preview: dict | None, device: torch.device) -> None:
+    # half-precision frozen weights (a bf16 LoRA run) meet float32 adapters: sampled under autocast, as trained
+    with autocast(device, tc.precision if frozen_in_half(tc) else "fp32"):
+        _draw_samples(pipe, ema_model, tc, path, preview)
+
+
+def _draw_samples(pipe: Pipeline, ema_model: nn.ModuleDict, tc: LDMTrainConfig, path: Path,
                   preview: dict | None) -> None:
     """A grid from the EMA weights: one row per class (up to 10) for class-conditional models; otherwise
     samples for the conditioning of 8 fixed training items, above the items' own images."""
@@ -474,13 +486,13 @@ def fine_tune(checkpoint: str, data: str, lora_rank: int = 0, overrides: list[st
     folder of .tar), with LoRA adapters of ``lora_rank`` (0: every weight trains). ``overrides`` as train-ldm's;
     the image size defaults to the release's. ``prior`` = (class prompt, number of class images, weight) adds
     DreamBooth prior preservation: the release draws the class images into ``OUT/class-images`` first."""
-    released = load_pipeline_any(checkpoint)
+    released = load_release_for(checkpoint, lora_rank, overrides)
     root = Path(data)
     if not root.is_dir():
         raise FileNotFoundError(f"{root}: not a folder of images or tar shards")
     name = "webdataset" if any(root.glob("*.tar")) or any(root.glob("*.tar.gz")) else "image_folder"
     given = {o.split("=", 1)[0] for o in overrides}
-    defaults = {"init_from": checkpoint, "data.name": name, "data.root": str(root),
+    defaults = {"init_from": checkpoint, "data.name": name, "data.root": str(root), "data.test_every": 0,
                 "data.channels": released.cfg.autoencoder.in_channels,
                 "data.image_size": released.cfg.autoencoder.resolution, "train.lora_rank": lora_rank,
                 "train.out_dir": f"runs/fine-tune/{root.name}-{'lora' if lora_rank else 'full'}",
