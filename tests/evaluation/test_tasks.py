@@ -275,3 +275,25 @@ def test_detector_reads_a_colour_beyond_the_palette():
     assert parse_caption("a cyan circle", cfg.colours).objects == (("cyan", "circle"),)
     with pytest.raises(ConfigError, match="extra_colours"):
         DetectorConfig(extra_colours={"red": (1, 2, 3)})
+
+
+def test_detector_reads_the_diamond_only_when_told():
+    # the new-shape word of the adaptation study: drawn by render, told apart by the detector with extra_shapes,
+    # parsed with its shapes; without it a diamond is not a known word and the data set's shapes read as before
+    cfg = DetectorConfig(extra_shapes=("diamond",))
+    assert cfg.shapes == ("circle", "square", "triangle", "diamond")
+    rng, hits, n_diamond = np.random.default_rng(5), 0, 0
+    for _ in range(150):
+        placed = sample_objects(rng, 32, 2, cfg.colours, cfg.shapes)
+        image, seg = render(placed, 32, (240, 240, 240))
+        objects = [ShapeObject(shape, c, (x0 / 32, y0 / 32, (x0 + s) / 32, (y0 + s) / 32)) for x0, y0, s, shape, c in placed]
+        n_diamond += any(o.shape == "diamond" for o in objects)
+        hits += caption_match(describe(objects), analyse_shapes(image, cfg)[0], cfg.colours, cfg.shapes)
+    assert n_diamond > 30 and hits >= 147  # measured: 150 / 150
+    ds = Shapes(DataConfig(image_size=32, shapes_size=100, seed=1, max_objects=2))
+    assert all(caption_match(ds[i]["caption"], detect_shapes(ds[i]["image"], cfg)) for i in range(100))
+    with pytest.raises(ValueError, match="shapes circle, square, triangle"):
+        parse_caption("a red diamond")
+    assert parse_caption("a red diamond", cfg.colours, cfg.shapes).objects == (("red", "diamond"),)
+    with pytest.raises(ConfigError, match="extra_shapes"):
+        DetectorConfig(extra_shapes=("star",))

@@ -26,6 +26,8 @@ PALETTE: dict[str, tuple[int, int, int]] = {
     "orange": (245, 125, 10),
 }
 SHAPES: tuple[str, ...] = ("circle", "square", "triangle")
+# drawable, never in the data set: a study that teaches a trained model a new shape word draws (and detects) it
+EXTRA_SHAPES: tuple[str, ...] = ("diamond",)
 COLOURS: tuple[str, ...] = tuple(PALETTE)
 SPLIT_IDS = {"train": 0, "test": 1}
 SUPERSAMPLE = 4  # drawing resolution factor; pixel colour = exact coverage average
@@ -83,11 +85,11 @@ def describe(objects: Sequence[ShapeObject]) -> str:
     return text
 
 
-def sample_objects(rng: np.random.Generator, size: int, max_objects: int,
-                   colours: Sequence[str] = COLOURS) -> list[tuple[int, int, int, str, str]]:
+def sample_objects(rng: np.random.Generator, size: int, max_objects: int, colours: Sequence[str] = COLOURS,
+                   shapes: Sequence[str] = SHAPES) -> list[tuple[int, int, int, str, str]]:
     """Non-overlapping square boxes in pixels: (x0, y0, side, shape, colour), largest first.
 
-    ``colours``: the names drawn from (a study of a new colour word passes a longer list). Sides are in [ceil(size/4), size/2]; boxes keep a margin of >= 1 px, so no pixel is shared
+    ``colours`` / ``shapes``: the names drawn from (a study of a new word passes a longer list). Sides are in [ceil(size/4), size/2]; boxes keep a margin of >= 1 px, so no pixel is shared
     between two objects. An object that finds no free spot in MAX_TRIES is dropped.
     """
     n = int(rng.integers(1, max_objects + 1))
@@ -97,7 +99,7 @@ def sample_objects(rng: np.random.Generator, size: int, max_objects: int,
     margin = max(1, size // 16)
     placed: list[tuple[int, int, int, str, str]] = []
     for side in sides:
-        shape = SHAPES[int(rng.integers(len(SHAPES)))]
+        shape = shapes[int(rng.integers(len(shapes)))]
         colour = colours[int(rng.integers(len(colours)))]
         for _ in range(MAX_TRIES):
             x0, y0 = (int(v) for v in rng.integers(0, size - side + 1, size=2))
@@ -115,22 +117,27 @@ def render(placed: Sequence[tuple[int, int, int, str, str]], size: int,
 
     The image is the exact block average of the fine drawing (antialiased edges) and a
     pixel's class is the object covering at least half of it, so map and image agree.
-    ``palette``: colour name -> RGB; class ids run over it as :func:`class_id` runs over PALETTE.
+    ``palette``: colour name -> RGB; class ids run over it (and SHAPES + EXTRA_SHAPES) as :func:`class_id` runs
+    over PALETTE and SHAPES.
     """
     f = SUPERSAMPLE
-    names = list(palette)
+    names, kinds = list(palette), SHAPES + EXTRA_SHAPES
+    if len(kinds) * len(names) >= 256:
+        raise ValueError(f"render: {len(kinds)} shapes x {len(names)} colours do not fit an 8-bit class map")
     fine = Image.new("P", (size * f, size * f), 0)
-    fine.putpalette([v for rgb in [background] + [palette[c] for _ in SHAPES for c in names] for v in rgb])
+    fine.putpalette([v for rgb in [background] + [palette[c] for _ in kinds for c in names] for v in rgb])
     draw = ImageDraw.Draw(fine)
     for x0, y0, side, shape, colour in placed:
-        cid = SHAPES.index(shape) * len(names) + names.index(colour) + 1  # = class_id() on PALETTE
+        cid = kinds.index(shape) * len(names) + names.index(colour) + 1  # = class_id() on PALETTE and SHAPES
         a, b, c, d = x0 * f, y0 * f, (x0 + side) * f - 1, (y0 + side) * f - 1
         if shape == "circle":
             draw.ellipse((a, b, c, d), fill=cid)
         elif shape == "square":
             draw.rectangle((a, b, c, d), fill=cid)
-        else:
+        elif shape == "triangle":
             draw.polygon([(a, d), (c, d), ((a + c) / 2, b)], fill=cid)
+        else:  # diamond: the square turned 45 degrees inside the box
+            draw.polygon([((a + c) / 2, b), (c, (b + d) / 2), ((a + c) / 2, d), (a, (b + d) / 2)], fill=cid)
     image = np.asarray(fine.convert("RGB").reduce(f), dtype=np.uint8)
     blocks = np.asarray(fine, dtype=np.uint8).reshape(size, f, size, f)
     covered = 2 * (blocks > 0).sum(axis=(1, 3)) >= f * f

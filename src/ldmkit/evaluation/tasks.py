@@ -28,11 +28,11 @@ from .tasks_shapes import DetectorConfig, analyse_shapes, detect_shapes, segment
 RELATIONS = ("left of", "right of", "above", "below")
 
 
-def _object_pattern(colours: Sequence[str]) -> re.Pattern:
-    return re.compile(rf"an? ({'|'.join(map(re.escape, colours))}) ({'|'.join(SHAPES)})")
+def _object_pattern(colours: Sequence[str], shapes: Sequence[str]) -> re.Pattern:
+    return re.compile(rf"an? ({'|'.join(map(re.escape, colours))}) ({'|'.join(map(re.escape, shapes))})")
 
 
-_OBJ = _object_pattern(COLOURS)
+_OBJ = _object_pattern(COLOURS, SHAPES)
 _REL = re.compile(rf" ({'|'.join(RELATIONS)}) ")
 SSIM_WINDOW = 11  # reconstruction.ssim's window: smaller images get no SSIM keys
 
@@ -47,13 +47,13 @@ class ParsedCaption:
     relation: str | None
 
 
-def parse_caption(caption: str, colours: Sequence[str] = COLOURS) -> ParsedCaption:
+def parse_caption(caption: str, colours: Sequence[str] = COLOURS, shapes: Sequence[str] = SHAPES) -> ParsedCaption:
     """Parse the grammar of ``shapes.describe``; raises ValueError on anything else (e.g. an unknown colour).
 
-    ``colours``: the colour words allowed (``DetectorConfig.colours`` when a study adds one).
+    ``colours`` / ``shapes``: the words allowed (``DetectorConfig.colours`` / ``.shapes`` when a study adds one).
     """
     text = caption.strip().lower()
-    pattern = _OBJ if tuple(colours) == COLOURS else _object_pattern(colours)
+    pattern = _OBJ if (tuple(colours), tuple(shapes)) == (COLOURS, SHAPES) else _object_pattern(colours, shapes)
     if text == "nothing":
         return ParsedCaption((), None)
 
@@ -61,7 +61,7 @@ def parse_caption(caption: str, colours: Sequence[str] = COLOURS) -> ParsedCapti
         m = pattern.match(text, pos)
         if m is None:
             raise ValueError(f"caption {caption!r}: expected 'a <colour> <shape>' at {text[pos:]!r} "
-                             f"(colours {', '.join(colours)}; shapes {', '.join(SHAPES)})")
+                             f"(colours {', '.join(colours)}; shapes {', '.join(shapes)})")
         return (m.group(1), m.group(2)), m.end()
 
     first, pos = obj_at(0)
@@ -80,13 +80,14 @@ def parse_caption(caption: str, colours: Sequence[str] = COLOURS) -> ParsedCapti
     return ParsedCaption(tuple(objects), rel)
 
 
-def caption_match(caption: str, objects: Sequence[ShapeObject], colours: Sequence[str] = COLOURS) -> bool:
+def caption_match(caption: str, objects: Sequence[ShapeObject], colours: Sequence[str] = COLOURS,
+                  shapes: Sequence[str] = SHAPES) -> bool:
     """True when ``objects`` are exactly the caption's (colour, shape) multiset and its relation holds.
 
     The relation is checked on detected objects of the first two named kinds; when a kind occurs
     twice any assignment that satisfies it counts (the caption cannot say which one is meant).
     """
-    parsed = parse_caption(caption, colours)
+    parsed = parse_caption(caption, colours, shapes)
     if Counter((o.colour, o.shape) for o in objects) != Counter(parsed.objects):
         return False
     if parsed.relation is None:
@@ -110,11 +111,11 @@ def caption_accuracy(images: torch.Tensor | Sequence, captions: Sequence[str],
     images = _images(images)
     if len(images) != len(captions):
         raise ValueError(f"caption_accuracy: {len(images)} images but {len(captions)} captions")
-    colours = (cfg or DetectorConfig()).colours
+    words = (cfg or DetectorConfig()).colours, (cfg or DetectorConfig()).shapes
     hits: dict[int, list[bool]] = {}
     for image, caption in zip(images, captions):
-        n = len(parse_caption(caption, colours).objects)
-        hits.setdefault(n, []).append(caption_match(caption, detect_shapes(image, cfg), colours))
+        n = len(parse_caption(caption, *words).objects)
+        hits.setdefault(n, []).append(caption_match(caption, detect_shapes(image, cfg), *words))
 
     def rate(values: list[bool]) -> float:
         return sum(values) / len(values) if values else math.nan
