@@ -25,6 +25,7 @@ import subprocess
 import sys
 import time
 from dataclasses import dataclass
+from functools import lru_cache
 from pathlib import Path
 
 import numpy as np
@@ -40,6 +41,7 @@ from ldmkit.pipeline import Pipeline
 from ldmkit.weights import atomic_write
 
 SEED0 = 10_000_000
+load = lru_cache(maxsize=1)(Pipeline.load)  # each model is scored on two prompt sets: read it once
 CONCEPT_STREAM, PROMPT_STREAM = 7, 8  # rng streams of the concept images and the held-out prompts
 
 
@@ -124,7 +126,7 @@ def new_concept_items(n: int, size: int, max_objects: int, concept: Concept,
 def ceiling(path: Path, images: torch.Tensor, captions: list[str], detector: DetectorConfig) -> dict:
     """The detector on the real held-out images and on their first-stage reconstructions (what the base's
     autoencoder can show of the new word at all)."""
-    pipe = Pipeline.load(path)
+    pipe = load(path)
     recon = pipe.decode_latents(pipe.encode_latents(images, sample=False)).clamp(-1, 1)
     return {"real": caption_accuracy(images, captions, detector), "reconstructed": caption_accuracy(recon, captions, detector)}
 
@@ -132,7 +134,7 @@ def ceiling(path: Path, images: torch.Tensor, captions: list[str], detector: Det
 @torch.no_grad()
 def score(path: Path, captions: list[str], detector: DetectorConfig, guidance: float, batch: int,
           grid: Path | None = None) -> dict:
-    pipe = Pipeline.load(path)
+    pipe = load(path)
     images = []
     for start in range(0, len(captions), batch):
         part = captions[start:start + batch]
@@ -167,7 +169,7 @@ def cached_score(out: Path, name: str, path: Path, captions: list[str], detector
 def write_prior_folder(base: Path, out: Path, captions: list[str], guidance: float, batch: int) -> Path:
     """DreamBooth-style prior images: the base's own samples of old captions (seeds 20,000,000 + k), k.png + k.txt."""
     out.mkdir(parents=True, exist_ok=True)
-    pipe = Pipeline.load(base)
+    pipe = load(base)
     for start in range(0, len(captions), batch):
         part = captions[start:start + batch]
         if all((out / f"{start + i:05d}.png").is_file() for i in range(len(part))):

@@ -111,7 +111,8 @@ def caption_accuracy(images: torch.Tensor | Sequence, captions: Sequence[str],
     images = _images(images)
     if len(images) != len(captions):
         raise ValueError(f"caption_accuracy: {len(images)} images but {len(captions)} captions")
-    words = (cfg or DetectorConfig()).colours, (cfg or DetectorConfig()).shapes
+    cfg = cfg or DetectorConfig()
+    words = cfg.colours, cfg.shapes
     hits: dict[int, list[bool]] = {}
     for image, caption in zip(images, captions):
         n = len(parse_caption(caption, *words).objects)
