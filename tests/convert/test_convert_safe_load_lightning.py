@@ -142,13 +142,15 @@ def test_control_the_fakes_do_execute_under_the_full_unpickler(fakes, tmp_path):
     assert sentinel.exists()
 
 
-def test_lightning_checkpoint_loads_bit_identical_and_runs_nothing(fakes, tmp_path, caplog):
+@pytest.mark.parametrize("lazy", [False, True], ids=["read", "mmap"])
+def test_lightning_checkpoint_loads_bit_identical_and_runs_nothing(fakes, tmp_path, caplog, lazy):
     sentinel = tmp_path / "SENTINEL"
     sd = _state_dict()
     torch.save(_lightning_ckpt(fakes, sentinel, sd), tmp_path / "m.ckpt")
     fakes.unregister()  # unknown at load time, as on a user's machine
+    before = (tmp_path / "m.ckpt").read_bytes()
     with caplog.at_level(logging.WARNING, logger="ldmkit.convert.safe_load"):
-        out = load_state_dict_file(tmp_path / "m.ckpt")
+        out = load_state_dict_file(tmp_path / "m.ckpt", lazy=lazy)
     assert not sentinel.exists()
     assert list(out) == list(sd)
     for k, v in sd.items():
@@ -160,12 +162,42 @@ def test_lightning_checkpoint_loads_bit_identical_and_runs_nothing(fakes, tmp_pa
     assert out["view_t"].untyped_storage().data_ptr() == out["base"].untyped_storage().data_ptr()
     out["base"][2, 4] = 123.0  # shared memory, not two copies
     assert out["view_t"][4, 2] == 123.0 and out["view_slice"][1, 2] == 123.0
+    del out
+    assert (tmp_path / "m.ckpt").read_bytes() == before  # a mapped file is copy-on-write: never written
 
     (record,) = caplog.records
     msg = record.getMessage()
     assert "ignored callbacks, hyper_parameters (" in msg and msg.endswith("— not executed")
     assert f"{fakes.pl}.callbacks.ModelCheckpoint" in msg and f"{fakes.oc}.dictconfig.DictConfig" in msg
     assert "optimizer_states" not in msg and "epoch" not in msg  # plain entries are not foreign
+
+
+def _anon_kib() -> int:
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith("RssAnon:"):
+            return int(line.split()[1])
+    raise AssertionError("no RssAnon")
+
+
+@pytest.mark.skipif(not Path("/proc/self/status").exists(), reason="reads the process's memory from /proc")
+def test_lazy_lightning_checkpoint_is_mapped_not_read(fakes, tmp_path):
+    """A released .ckpt takes the restricted reader; lazily its 64 MiB of storages must not land in fresh
+    memory (they are pages of the file until touched), and a compressed archive still reads (no map)."""
+    sentinel = tmp_path / "SENTINEL"
+    big = torch.randn(16 * 1024 * 1024)  # 64 MiB
+    torch.save(_lightning_ckpt(fakes, sentinel, {"w": big}), tmp_path / "m.ckpt")
+    fakes.unregister()
+    start = _anon_kib()
+    out = load_state_dict_file(tmp_path / "m.ckpt", lazy=True)
+    grown = _anon_kib() - start
+    assert grown < 16 * 1024, f"{grown} KiB of fresh memory for a mapped 64 MiB checkpoint"
+    assert torch.equal(out["w"], big)
+    del out
+    with zipfile.ZipFile(tmp_path / "m.ckpt") as src, \
+            zipfile.ZipFile(tmp_path / "z.ckpt", "w", compression=zipfile.ZIP_DEFLATED) as dst:
+        for info in src.infolist():
+            dst.writestr(info.filename, src.read(info))
+    assert torch.equal(load_state_dict_file(tmp_path / "z.ckpt", lazy=True)["w"], big)
 
 
 def test_foreign_globals_are_never_resolved_even_when_importable(fakes, tmp_path):

@@ -111,6 +111,35 @@ def test_precision_casts_while_loading(tiny_sd, tmp_path):
     assert out.dtype == torch.float32 and torch.isfinite(out).all()
 
 
+def test_diffusers_folder_loads_one_tensor_at_a_time(tiny_sd, tmp_path, monkeypatch):
+    """An fp16 folder read at bf16: every file tensor is read once, cast, and let go before the next is read, so
+    the file's copy of the weights is never held whole beside the module's; the result equals the eager cast."""
+    import weakref
+
+    from ldmkit.convert import safe_load
+
+    pipe = tiny_sd("2")
+    folder = export_diffusers(pipe.to(torch.float16), tmp_path / "sd2")
+    reads, alive, peak = [], weakref.WeakSet(), [0]
+    original = safe_load.SafetensorsFile.__getitem__
+
+    def tracked(self, name):
+        t = original(self, name)
+        reads.append((self.path.parent.name, name))
+        alive.add(t)
+        peak[0] = max(peak[0], len(alive))
+        return t
+
+    monkeypatch.setattr(safe_load.SafetensorsFile, "__getitem__", tracked)
+    loaded = load_pipeline_any(folder, precision="bf16")
+    n_file = sum(len(load_file(str(f))) for f in folder.rglob("*.safetensors"))
+    assert len(reads) == len(set(reads)) == n_file  # each tensor of the folder read once
+    assert peak[0] <= 3  # a fused qkv reads three tensors at once; never the whole file
+    ref = pipe.state_dict()
+    assert all(torch.equal(v, ref[k].to(torch.bfloat16)) for k, v in loaded.state_dict().items()
+               if v.is_floating_point())
+
+
 def _torch_openclip_reference(tower: dict[str, torch.Tensor], ids: torch.Tensor, n_layer: int, heads: int):
     """open_clip's text transformer rebuilt from torch's own nn.MultiheadAttention (whose fused in_proj layout
     open_clip stores), run to ``n_layer`` blocks, then ln_final: what FrozenOpenCLIPEmbedder returns."""

@@ -20,10 +20,12 @@ from __future__ import annotations
 
 import json
 import warnings
+from collections import ChainMap
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any, Callable
 
-from safetensors.torch import load_file, save_file
+from safetensors.torch import save_file
 from torch import Tensor, nn
 
 from .. import __version__
@@ -145,17 +147,18 @@ def _read_json(path: Path) -> dict[str, Any]:
     return data
 
 
-def read_weights(sub: Path) -> dict[str, Tensor]:
+def read_weights(sub: Path, lazy: bool = False) -> Mapping[str, Tensor]:
     """A component's weights: ``diffusion_pytorch_model.safetensors``, its sharded index, or a ``.bin``
-    (opened with ``torch.load(weights_only=True)``, never executing code)."""
+    (opened with ``torch.load(weights_only=True)``, never executing code). ``lazy``: tensors are read when asked
+    for (safetensors) or memory-mapped (zip ``.bin``), see :func:`load_state_dict_file`."""
     single, index = sub / WEIGHTS, sub / (WEIGHTS + ".index.json")
     if single.is_file():
-        return load_file(str(single), device="cpu")
+        return load_state_dict_file(single, lazy=lazy)
     if index.is_file():
         shards = sorted(set(_read_json(index).get("weight_map", {}).values()))
-        return {k: v for shard in shards for k, v in load_file(str(sub / shard), device="cpu").items()}
+        return ChainMap(*(load_state_dict_file(sub / shard, lazy=lazy) for shard in shards))
     if (sub / "diffusion_pytorch_model.bin").is_file():
-        return load_state_dict_file(sub / "diffusion_pytorch_model.bin")
+        return load_state_dict_file(sub / "diffusion_pytorch_model.bin", lazy=lazy)
     raise FileNotFoundError(f"{single}: not found (nor a sharded index or a .bin)")
 
 
@@ -204,18 +207,23 @@ def read_schedule_config(sub: Path) -> ScheduleConfig:
                    lambda h: schedule_config_from_diffusers(schedule_config_to_diffusers(h), str(path)), str(path))
 
 
-def load_into(module: nn.Module, sd: dict[str, Tensor], where: str, dtype: Any = None) -> None:
+def load_into(module: nn.Module, sd: Mapping[str, Tensor], where: str, dtype: Any = None) -> None:
     """Strict load that names missing, unexpected and mis-shaped keys (ConfigError). A meta-built module (assign.py)
-    takes the tensors themselves, cast to ``dtype`` (default: the module's own float dtype)."""
+    takes the tensors themselves, cast to ``dtype`` (default: the module's own float dtype), read from a lazy
+    ``sd`` one at a time: the file's copy is never held whole beside the module's."""
     target = module.state_dict()
     check_keys(where, set(sd), set(target))
-    bad = [f"{k} {tuple(sd[k].shape)} != {tuple(v.shape)}" for k, v in target.items() if sd[k].shape != v.shape]
+    meta = any(v.is_meta for v in target.values())
+    out, bad = {}, []
+    for k, v in target.items():
+        t = sd[k]
+        if t.shape != v.shape:
+            bad.append(f"{k} {tuple(t.shape)} != {tuple(v.shape)}")
+        elif not bad:
+            out[k] = cast(t, dtype or v.dtype) if meta else t
     if bad:
         raise ConfigError(f"{where}: shapes do not fit the config: {', '.join(bad[:4])}")
-    if any(v.is_meta for v in target.values()):
-        module.load_state_dict({k: cast(v, dtype or target[k].dtype) for k, v in sd.items()}, assign=True)
-    else:
-        module.load_state_dict(sd)
+    module.load_state_dict(out, assign=meta)
 
 
 def _vae_component(index: dict[str, Any], folder: Path) -> str:
@@ -300,13 +308,14 @@ def load_diffusers(folder: str | Path, device: str | Any = "cpu", dtype: Any = N
         raise ConfigError(f"{folder / 'unet' / CONFIG}: in_channels={unet.in_channels}, but the latents have "
                           f"{autoencoder.embed_dim} channels (+ {expected - autoencoder.embed_dim} concat)")
     pipe = empty_pipeline(cfg)
-    load_into(pipe.unet, from_diffusers(read_weights(folder / "unet"), unet_key_map(unet),
-                                        str(folder / "unet" / WEIGHTS)), "unet", dtype)
-    load_into(pipe.autoencoder, from_diffusers(read_weights(folder / vae), autoencoder_key_map(autoencoder),
-                                               str(folder / vae / WEIGHTS)), vae, dtype)
+    # lazily: each tensor is read, converted and cast as it is assigned (one copy of the weights, not two)
+    for module, sub, key_map in ((pipe.unet, "unet", unet_key_map(unet)),
+                                 (pipe.autoencoder, vae, autoencoder_key_map(autoencoder))):
+        weights = read_weights(folder / sub, lazy=True)
+        load_into(module, from_diffusers(weights, key_map, str(folder / sub / WEIGHTS), lazy=True), sub, dtype)
     if TEXT_ENCODER in listed:
         path = text_weights_path(folder)
-        load_into(pipe.conditioner, text_from_transformers(dict(load_state_dict_file(path))), str(path), dtype)
+        load_into(pipe.conditioner, text_from_transformers(load_state_dict_file(path, lazy=True)), str(path), dtype)
         assign_buffers(pipe.conditioner, str(path))
     for name in ("conditioner", "spatial"):
         if name == "conditioner" and TEXT_ENCODER in listed:

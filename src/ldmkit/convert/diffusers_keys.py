@@ -12,6 +12,7 @@ Three tensor relations occur:
 """
 from __future__ import annotations
 
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from typing import Literal
 
@@ -221,22 +222,41 @@ def to_diffusers(sd: dict[str, Tensor], key_map: list[KeyPair], where: str = "ld
     return {k: v.contiguous() for k, v in out.items()}
 
 
-def from_diffusers(sd: dict[str, Tensor], key_map: list[KeyPair],
-                   where: str = "diffusers state_dict") -> dict[str, Tensor]:
-    """A diffusers state_dict -> the ldmkit one; missing or unexpected diffusers keys raise, named."""
+def _convert(p: KeyPair, parts: list[Tensor]) -> Tensor:
+    singleton = (1,) * p.extra_dims
+    if p.kind == "qkv":
+        c = parts[0].shape[0]
+        # three (C, ...) -> (heads, 3, C/heads, ...) -> (3C, ...) in the per-head grouping
+        grouped = [x.reshape(p.heads, c // p.heads, *x.shape[1:]) for x in parts]
+        t = torch.stack(grouped, 1).reshape(3 * c, *parts[0].shape[1:])
+        return t.reshape(*t.shape, *singleton)
+    if p.kind == "linear":
+        return parts[0].reshape(*parts[0].shape, *singleton)
+    return parts[0]
+
+
+class _Converted(Mapping):
+    """The ldmkit view of a (lazy) diffusers state_dict: each tensor is read and converted when it is asked for,
+    so a loader that casts and keeps one tensor at a time never holds the file's copy of the weights whole."""
+
+    def __init__(self, sd: Mapping[str, Tensor], key_map: list[KeyPair]):
+        self._sd, self._pairs = sd, {p.ours: p for p in key_map}
+
+    def __getitem__(self, name: str) -> Tensor:
+        p = self._pairs[name]
+        return _convert(p, [self._sd[k] for k in p.theirs])
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._pairs)
+
+    def __len__(self) -> int:
+        return len(self._pairs)
+
+
+def from_diffusers(sd: Mapping[str, Tensor], key_map: list[KeyPair],
+                   where: str = "diffusers state_dict", lazy: bool = False) -> Mapping[str, Tensor]:
+    """A diffusers state_dict -> the ldmkit one; missing or unexpected diffusers keys raise, named. ``lazy``:
+    a mapping that converts on access (for a lazily read ``sd``), else a dict."""
     check_keys(where, set(sd), {k for p in key_map for k in p.theirs})
-    out: dict[str, Tensor] = {}
-    for p in key_map:
-        parts = [sd[k] for k in p.theirs]
-        singleton = (1,) * p.extra_dims
-        if p.kind == "qkv":
-            c = parts[0].shape[0]
-            # three (C, ...) -> (heads, 3, C/heads, ...) -> (3C, ...) in the per-head grouping
-            grouped = [x.reshape(p.heads, c // p.heads, *x.shape[1:]) for x in parts]
-            t = torch.stack(grouped, 1).reshape(3 * c, *parts[0].shape[1:])
-            out[p.ours] = t.reshape(*t.shape, *singleton)
-        elif p.kind == "linear":
-            out[p.ours] = parts[0].reshape(*parts[0].shape, *singleton)
-        else:
-            out[p.ours] = parts[0]
-    return out
+    view = _Converted(sd, key_map)
+    return view if lazy else {name: view[name] for name in view}

@@ -8,6 +8,7 @@ gelu OpenCLIP (SD 2.x, stored already cut to the 23 layers SD reads).
 from __future__ import annotations
 
 import json
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
@@ -17,6 +18,7 @@ from ..config import ConfigError
 from ..nn import ConditionerConfig
 from ..nn.clip import clip_text_config
 from .clip_keys import TOWER
+from .safe_load import Renamed
 
 TEXT_ENCODER, TOKENIZER = "text_encoder", "tokenizer"
 TEXT_WEIGHTS = ("model.safetensors", "pytorch_model.bin")
@@ -71,10 +73,10 @@ def text_weights_path(folder: Path) -> Path:
     raise FileNotFoundError(f"{folder / TEXT_ENCODER / TEXT_WEIGHTS[0]}: not found (nor {TEXT_WEIGHTS[1]})")
 
 
-def text_from_transformers(sd: dict[str, Tensor]) -> dict[str, Tensor]:
+def text_from_transformers(sd: Mapping[str, Tensor]) -> Mapping[str, Tensor]:
     """CLIPTextModel's ``text_model.*`` -> the conditioner's ``transformer.text_model.*`` (position ids dropped:
-    older transformers saved them, newer rebuild them)."""
-    return {"transformer." + k: v for k, v in sd.items() if not k.endswith("embeddings.position_ids")}
+    older transformers saved them, newer rebuild them); a view, so a lazily read file stays lazy."""
+    return Renamed(sd, {"transformer." + k: k for k in sd if not k.endswith("embeddings.position_ids")})
 
 
 def text_to_transformers(sd: dict[str, Tensor]) -> dict[str, Tensor]:

@@ -15,12 +15,14 @@ from __future__ import annotations
 
 import collections
 import pickle
+import struct
 import sys
 import zipfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable
 
+import numpy as np
 import torch
 
 
@@ -253,8 +255,35 @@ class RestrictedResult:
     foreign: list[str]  # global names that became placeholders, in order of appearance
 
 
-def restricted_load(path: str | Path) -> RestrictedResult:
-    """Unpickle a torch zip checkpoint (torch >= 1.6 format) with ``RestrictedUnpickler``."""
+def _member_offset(path: Path, info: zipfile.ZipInfo) -> int:
+    """Byte offset of a member's data in the archive: after its local header (30 bytes + name + extra field,
+    which may differ from the central directory's copy, so it is read here)."""
+    with open(path, "rb") as f:
+        f.seek(info.header_offset)
+        head = f.read(30)
+    if len(head) != 30 or head[:4] != b"PK\x03\x04":
+        raise pickle.UnpicklingError(f"storage record {info.filename} has no local header")
+    name_len, extra_len = struct.unpack("<HH", head[26:30])
+    return info.header_offset + 30 + name_len + extra_len
+
+
+def _mapped_storage(path: Path, info: zipfile.ZipInfo, nbytes: int) -> torch.UntypedStorage | None:
+    """An uncompressed record as a private (copy-on-write) memory map of the file: its pages are read when a
+    caller touches them and leave the process's memory with the last tensor that views them. None when the
+    record cannot be mapped (compressed, or empty)."""
+    if info.compress_type != zipfile.ZIP_STORED or nbytes == 0:
+        return None
+    offset = _member_offset(path, info)
+    if offset + nbytes > path.stat().st_size:
+        raise pickle.UnpicklingError(f"storage record {info.filename} is truncated")
+    arr = np.memmap(path, dtype=np.uint8, mode="c", offset=offset, shape=(nbytes,))
+    return torch.from_numpy(arr).untyped_storage()
+
+
+def restricted_load(path: str | Path, mmap: bool = False) -> RestrictedResult:
+    """Unpickle a torch zip checkpoint (torch >= 1.6 format) with ``RestrictedUnpickler``. ``mmap``: storages
+    are copy-on-write maps of the file (as ``torch.load(mmap=True)``), not reads into fresh memory, so a caller
+    that casts or assigns one tensor at a time never holds the whole checkpoint twice."""
     path = Path(path)
     if not zipfile.is_zipfile(path):
         raise ValueError("not a torch zip checkpoint (the legacy pre-1.6 format is not supported here)")
@@ -272,6 +301,11 @@ def restricted_load(path: str | Path) -> RestrictedResult:
             name = f"{prefix}data/{key}"
             if name not in names or zf.getinfo(name).file_size != nbytes:
                 raise pickle.UnpicklingError(f"storage record {name} is missing or not {nbytes} bytes")
+            mapped = _mapped_storage(path, zf.getinfo(name), nbytes) if mmap else None
+            if mapped is not None:
+                if byteorder != sys.byteorder:
+                    mapped.byteswap(dtype)  # writes touch private pages only: the file is never changed
+                return mapped
             buf = torch.empty(nbytes, dtype=torch.uint8)
             view = memoryview(buf.numpy())
             with zf.open(name) as f:

@@ -59,16 +59,25 @@ def _torch_load(path: Path, mmap: bool = False) -> object:
         raise ValueError(f"{path}: cannot read the checkpoint: it ends early (truncated?)") from None
 
 
+def _mappable(path: Path) -> bool:
+    """A zip checkpoint whose records are all stored uncompressed (as torch.save writes them): only such a file
+    can be memory-mapped; a re-zipped, compressed one is read instead."""
+    if not zipfile.is_zipfile(path):
+        return False
+    with zipfile.ZipFile(path) as zf:
+        return all(info.compress_type == zipfile.ZIP_STORED for info in zf.infolist())
+
+
 def _short(names: list[str], limit: int = 6) -> str:
     return ", ".join(names[:limit]) + (f" and {len(names) - limit} more" if len(names) > limit else "")
 
 
-def _restricted_state_dict(path: Path, reason: str) -> dict[str, Tensor]:
+def _restricted_state_dict(path: Path, reason: str, mmap: bool = False) -> dict[str, Tensor]:
     """The Lightning fallback: keep only a pure ``name -> tensor`` mapping, drop (and name) the rest."""
     if not zipfile.is_zipfile(path):
         raise _refuse(path, f"{reason}; only torch zip checkpoints are read with foreign objects dropped")
     try:
-        result = restricted_load(path)
+        result = restricted_load(path, mmap=mmap)
     except Exception as e:  # malformed archive or a rebuild function's check: one line, nothing ran
         detail = " ".join(str(e).split())
         raise _refuse(path, f"{reason}; restricted read failed: {type(e).__name__}: {detail}") from None
@@ -150,6 +159,22 @@ class SafetensorsFile(Mapping):
         return len(self._entries)
 
 
+class Renamed(Mapping):
+    """``{new name: old name}`` over a (lazy) mapping: a renaming view that reads nothing until asked."""
+
+    def __init__(self, sd: Mapping[str, Tensor], names: dict[str, str]):
+        self._sd, self._names = sd, names
+
+    def __getitem__(self, name: str) -> Tensor:
+        return self._sd[self._names[name]]
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._names)
+
+    def __len__(self) -> int:
+        return len(self._names)
+
+
 def shape_of(sd: Mapping[str, Tensor], name: str) -> tuple[int, ...]:
     """A tensor's shape without reading it from a lazy file."""
     return sd.shape(name) if isinstance(sd, SafetensorsFile) else tuple(sd[name].shape)
@@ -178,9 +203,9 @@ def load_state_dict_file(path: str | Path, lazy: bool = False) -> Mapping[str, T
     if suffix not in PICKLE_SUFFIXES:
         raise ValueError(f"{path}: unknown weights format (expected .safetensors or {', '.join(PICKLE_SUFFIXES)})")
     try:
-        obj = _torch_load(path, mmap=lazy and zipfile.is_zipfile(path))
+        obj = _torch_load(path, mmap=lazy and _mappable(path))
     except _ForeignGlobals as e:
-        obj = _restricted_state_dict(path, str(e))
+        obj = _restricted_state_dict(path, str(e), mmap=lazy)
     if isinstance(obj, dict) and isinstance(obj.get("state_dict"), dict):
         obj = obj["state_dict"]
     if not isinstance(obj, dict):
