@@ -3,7 +3,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.ldmkit-installed
 
-.PHONY: demo test env data data-emoji clean
+.PHONY: demo test env data data-emoji browser clean
 
 $(PY):
 	python3 -m venv $(VENV)
@@ -44,7 +44,15 @@ data-emoji:
 demo: env data
 	$(PY) -m ldmkit demo
 
-test: env data
+# Headless Chromium for the `ldmkit serve` page tests (Debian chromium + chromium-driver); skipped when installed.
+browser:
+	@if ! command -v chromedriver >/dev/null || ! command -v chromium >/dev/null; then \
+	  SUDO=$$(command -v sudo >/dev/null && [ "$$(id -u)" != 0 ] && echo sudo); \
+	  ($$SUDO apt-get update -qq && DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq chromium chromium-driver >/dev/null) \
+	    || echo "warning: chromium could not be installed: the browser tests will be skipped"; \
+	fi
+
+test: env data browser
 	$(PY) -m pytest
 
 clean:

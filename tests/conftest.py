@@ -59,3 +59,9 @@ def tiny_sd():
         torch.manual_seed(seed)
         return randomise(Pipeline(tiny_sd_config(version, inpaint)), seed)
     return make
+
+
+@pytest.fixture
+def randomised():
+    """:func:`randomise`, for fixtures of other folders (a conftest is not importable by name)."""
+    return randomise

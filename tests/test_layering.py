@@ -37,7 +37,7 @@ def test_nn_never_imports_diffusion():
         assert not {m for m in imported_modules(f) if m.startswith("ldmkit.diffusion")}, f.name
 
 
-@pytest.mark.parametrize("room", ["training", "cli"])
+@pytest.mark.parametrize("room", ["training", "cli", "serve"])
 def test_only_cli_imports_training_and_cli(room):
     for f in SRC.rglob("*.py"):
         rel = f.relative_to(SRC).parts

@@ -11,6 +11,7 @@ from ..config import ConfigError
 from ..diffusion.guidance import check_interval
 from ..diffusion.timesteps import SPACINGS
 from .convert import add_convert_parser, add_lora_arg, add_merge_lora_parser, convert_command, merge_lora_command
+from .serve import add_serve_parser, serve_command
 
 
 def _add_train(sub, name: str, help_text: str) -> None:
@@ -221,6 +222,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     add_convert_parser(sub)
     add_merge_lora_parser(sub)
+    add_serve_parser(sub)
     return parser
 
 
@@ -357,6 +359,8 @@ def _run(args: argparse.Namespace) -> None:
         convert_command(args)
     elif args.command == "merge-lora":
         merge_lora_command(args)
+    elif args.command == "serve":
+        serve_command(args)
 
 
 def main(argv: list[str] | None = None) -> int:
