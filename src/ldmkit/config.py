@@ -6,6 +6,7 @@ can cause is a :class:`ConfigError` whose message names the dotted key and what 
 from __future__ import annotations
 
 import dataclasses
+import math
 import types
 import typing
 from pathlib import Path
@@ -18,6 +19,10 @@ T = TypeVar("T")
 
 class ConfigError(ValueError):
     """A user mistake in a configuration value; printed as one line by the CLI."""
+
+
+class RunStopped(RuntimeError):
+    """A run that cannot go on (a full disk, a diverged model); one line naming what is kept. CLI exit code 1."""
 
 
 def _type_name(tp: Any) -> str:
@@ -86,16 +91,19 @@ def _coerce(value: Any, tp: Any, key: str) -> Any:
             f = float(value)
         except ValueError:
             raise ConfigError(f"{key}: expected an integer, got {value!r}") from None
-        if f != int(f):
+        if not math.isfinite(f) or f != int(f):
             raise ConfigError(f"{key}: expected an integer, got {value!r}")
         return int(f)
     if tp is float:
         if isinstance(value, bool):
             raise ConfigError(f"{key}: expected a number, got {value!r}")
         try:
-            return float(value)
+            f = float(value)
         except (TypeError, ValueError):
             raise ConfigError(f"{key}: expected a number, got {value!r}") from None
+        if math.isnan(f):  # never a meaningful setting (inf is: "no limit", "every step")
+            raise ConfigError(f"{key}: expected a number, got nan")
+        return f
     if tp is str:
         if isinstance(value, (dict, list)):
             raise ConfigError(f"{key}: expected a string, got {value!r}")
@@ -172,9 +180,12 @@ def find_preset(name: str) -> Path:
 
 def load_yaml(path: Path) -> dict[str, Any]:
     try:
-        data = yaml.safe_load(Path(path).read_text()) or {}
+        data = yaml.safe_load(Path(path).read_text(encoding="utf-8")) or {}
     except yaml.YAMLError as e:
         raise ConfigError(f"{path}: not valid YAML ({str(e).splitlines()[0]})") from None
+    except UnicodeDecodeError as e:
+        raise ConfigError(f"{path}: not valid YAML (not UTF-8 text: byte 0x{e.object[e.start]:02x} at offset "
+                          f"{e.start})") from None
     if not isinstance(data, dict):
         raise ConfigError(f"{path}: expected a mapping at the top level")
     return data

@@ -27,7 +27,7 @@ def test_help_lists_subcommands():
     (["train-ldm", "tiny/ldm", "first_stage=/nonexistent/ae.safetensors"], "first_stage"),
     (["sample", "/nonexistent/pipeline.safetensors"], "not found"),
     (["sample", "x.safetensors", "--guidance-interval", "700,100"], "--guidance-interval: expected LO,HI"),
-    (["sample", "x.safetensors", "--steps", "many"], "--steps: invalid int value: 'many'"),
+    (["sample", "x.safetensors", "--steps", "many"], "--steps: expected an integer, got 'many'"),
 ])
 def test_user_errors_are_one_line(args, needle):
     r = run_cli(*args)

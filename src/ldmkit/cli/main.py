@@ -7,9 +7,10 @@ import math
 import os
 import sys
 
-from ..config import ConfigError
+from ..config import ConfigError, RunStopped
 from ..diffusion.guidance import check_interval
 from ..diffusion.timesteps import SPACINGS
+from .argtypes import nonnegative_float, positive_int
 from .convert import add_convert_parser, add_lora_arg, add_merge_lora_parser, convert_command, merge_lora_command
 from .serve import add_serve_parser, serve_command
 
@@ -72,7 +73,7 @@ def build_parser() -> argparse.ArgumentParser:
                                    "uses them when present. A changed autoencoder or data config gets a new cache.")
     p.add_argument("config", help="LDM preset name (e.g. ldm/fmnist-class) or a YAML file")
     p.add_argument("overrides", nargs="*", help="section.key=value overrides, e.g. first_stage=ae.safetensors")
-    p.add_argument("--batch-size", type=int, default=64, help="images per encoder call")
+    p.add_argument("--batch-size", type=positive_int, default=64, help="images per encoder call")
     p.add_argument("--shard-size", type=int, default=4096, help="items per shard file")
     p.add_argument("--embeddings", action="store_true",
                    help="also cache the frozen text encoder's output for every caption (conditioner.kind=text_frozen); "
@@ -93,8 +94,8 @@ def build_parser() -> argparse.ArgumentParser:
                                    "with its schedule; prints the held-out accuracy at a few t. Use it with "
                                    "`ldmkit sample / eval --classifier PATH --classifier-scale S`.")
     p.add_argument("pipeline", help="an ldmkit pipeline.safetensors (its data config says what to train on)")
-    p.add_argument("--steps", type=int, default=3000)
-    p.add_argument("--batch-size", type=int, default=128)
+    p.add_argument("--steps", type=positive_int, default=3000)
+    p.add_argument("--batch-size", type=positive_int, default=128)
     p.add_argument("--lr", type=float, default=3e-4)
     p.add_argument("--max-minutes", type=float, default=0.0,
                    help="training time budget (the one-off encoding of the data is not counted); 0 = none")
@@ -114,7 +115,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("eval-autoencoder", help="PSNR / SSIM of an autoencoder on the held-out split")
     p.add_argument("weights", help="autoencoder.safetensors")
     p.add_argument("--n", type=int, default=0, help="number of test images (0 = all)")
-    p.add_argument("--batch-size", type=int, default=250)
+    p.add_argument("--batch-size", type=positive_int, default=250)
     p.add_argument("--out", default=None, help="folder for report.json and the reconstruction grid")
     p.add_argument("--data-root", default=None, help="override the data folder stored with the weights")
 
@@ -122,7 +123,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("checkpoint", help="pipeline.safetensors, an original .ckpt (YAML beside it) or a diffusers folder")
     p.add_argument("--class", dest="classes", action="append", default=None,
                    help="class index or name (repeatable, or comma-separated)")
-    p.add_argument("--n", type=int, default=8, help="images per class or per condition (or in all, when unconditional)")
+    p.add_argument("--n", type=positive_int, default=8, help="images per class or per condition (or in all, when unconditional)")
     p.add_argument("--prompt", action="append", default=None, help="caption (repeatable), text-to-image models")
     p.add_argument("--negative-prompt", default=None, help="caption to guide away from (replaces the empty caption)")
     p.add_argument("--boxes", default=None,
@@ -135,7 +136,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--strength", type=float, default=None,
                    help="img2img: share of the steps run from the noised --image, in [0, 1] "
                         "(default 0.8; 1 with --mask)")
-    p.add_argument("--size", type=int, default=None, help="output side in pixels (default: the training size)")
+    p.add_argument("--size", type=positive_int, default=None, help="output side in pixels (default: the training size)")
     p.add_argument("--decode-tile", type=int, default=None,
                    help="decode in overlapping tiles of this many latent pixels (large outputs, bounded memory)")
     p.add_argument("--precision", default="fp32", choices=("fp32", "bf16", "fp16"),
@@ -153,7 +154,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--tokenizer", default=None,
                    help="CLIP tokenizer folder or bpe_simple_vocab_16e6.txt.gz (default: the model's own, else "
                         "$LDMKIT_CLIP_VOCAB, else open-clip-torch's copy)")
-    p.add_argument("--steps", type=int, default=50)
+    p.add_argument("--steps", type=positive_int, default=50)
     p.add_argument("--sampler", default="ddim",
                    help="ddim, plms, dpmpp_2m, dpmpp_2m_karras, euler, euler_a, heun, ddpm, or a diffusers "
                         "scheduler class (DPMSolverMultistepScheduler, ...)")
@@ -162,11 +163,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--spacing", default=None, choices=SPACINGS,
                    help="timestep spacing (default: uniform for ddim / plms, linspace for the sigma-space samplers)")
     p.add_argument("--karras", action="store_true", help="Karras sigmas (euler, euler_a, heun, dpmpp_2m)")
-    p.add_argument("--guidance", type=float, default=3.0, help="classifier-free guidance scale (1 = off)")
+    p.add_argument("--guidance", type=nonnegative_float, default=3.0, help="classifier-free guidance scale (1 = off)")
     _add_guidance_args(p)
     _add_classifier_args(p)
     p.add_argument("--seed", type=int, default=0, help="image k gets seed + k")
-    p.add_argument("--batch-size", type=int, default=100)
+    p.add_argument("--batch-size", type=positive_int, default=100)
     p.add_argument("--device", default="auto")
     p.add_argument("--out", default="samples")
 
@@ -188,24 +189,24 @@ def build_parser() -> argparse.ArgumentParser:
                         "sampler gets the step count that makes them (heun: (NFE + 1) / 2 steps)")
     p.add_argument("--eta", type=float, default=None,
                    help="noise of samplers that take it (default: theirs, 0 for ddim, 1 for euler_a)")
-    p.add_argument("--guidance", type=float, default=3.0)
+    p.add_argument("--guidance", type=nonnegative_float, default=3.0)
     _add_guidance_args(p)
     _add_classifier_args(p)
     p.add_argument("--seed", type=int, default=0, help="image k gets seed + k")
-    p.add_argument("--batch-size", type=int, default=250)
+    p.add_argument("--batch-size", type=positive_int, default=250)
     p.add_argument("--data-root", default=None)
     p.add_argument("--device", default="auto")
     p.add_argument("--out", default="runs/eval", help="folder for samples (resumable) and report.json")
 
     p = sub.add_parser("eval-task", help="the task metric of a text / layout / semantic / SR / inpainting model")
     p.add_argument("checkpoint", help="pipeline.safetensors (conditions are taken from its data's test split)")
-    p.add_argument("--n", type=int, default=500)
-    p.add_argument("--steps", type=int, default=50)
+    p.add_argument("--n", type=positive_int, default=500)
+    p.add_argument("--steps", type=positive_int, default=50)
     p.add_argument("--sampler", default="ddim")
-    p.add_argument("--guidance", type=float, default=3.0)
+    p.add_argument("--guidance", type=nonnegative_float, default=3.0)
     _add_guidance_args(p)
     p.add_argument("--seed", type=int, default=0, help="image k gets seed + k")
-    p.add_argument("--batch-size", type=int, default=100)
+    p.add_argument("--batch-size", type=positive_int, default=100)
     p.add_argument("--classifier", default=None, help="Fashion-MNIST classifier weights (default: the cached one)")
     p.add_argument("--data-root", default=None)
     p.add_argument("--device", default="auto")
@@ -215,7 +216,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", default="runs/demo")
     p.add_argument("--n-score", type=int, default=1000,
                    help="guided samples scored by the classifier (at least the 100 of the grid)")
-    p.add_argument("--guidance", type=float, default=3.0,
+    p.add_argument("--guidance", type=nonnegative_float, default=3.0,
                    help="classifier-free guidance scale (3: accurate and inside the real latent range; 5 over-exposes "
                         "a quarter of the samples, docs/results.md)")
     p.add_argument("overrides", nargs="*", help="ae.section.key=value or ldm.section.key=value overrides")
@@ -384,6 +385,11 @@ def main(argv: list[str] | None = None) -> int:
         msg = str(e).splitlines()[0] if str(e) else type(e).__name__
         print(f"ldmkit: error: {msg}", file=sys.stderr)
         return 2
+    except RunStopped as e:  # the run could not go on; what is kept is named in the message
+        if os.environ.get("LDMKIT_DEBUG"):
+            raise
+        print(f"ldmkit: stopped: {e}", file=sys.stderr)
+        return 1
     except KeyboardInterrupt:
         print("ldmkit: interrupted (the last checkpoint is kept; run the same command to resume)", file=sys.stderr)
         return 130

@@ -83,6 +83,10 @@ def condition_inputs(args: argparse.Namespace, pipe) -> list[dict]:
         if not args.prompt:
             raise ValueError("this is a text-to-image model: pass --prompt TEXT")
         per = [{"prompt": p} for p in args.prompt]
+    elif args.prompt or args.negative_prompt:
+        raise ValueError(f"--prompt given, but this model is not text-conditional (conditioner: {cond.kind})")
+    if cond.kind != "layout" and pipe.cfg.concat.kind != "boxes" and args.boxes:
+        raise ValueError(f"--boxes given, but this model is not a layout model (conditioner: {cond.kind})")
     if cond.kind == "layout":
         if not args.boxes:
             raise ValueError("this is a layout-to-image model: pass --boxes JSON")
@@ -134,6 +138,9 @@ def sample_command(args: argparse.Namespace) -> None:
     if guide:
         pipe.check_classifier(guide["classifier"])
     items = condition_inputs(args, pipe)
+    factor = pipe.cfg.autoencoder.downsample_factor
+    if args.size and args.size % factor:  # before anything is written
+        raise ValueError(f"--size {args.size}: not divisible by the first stage's factor {factor}")
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     settings = {"checkpoint": str(args.checkpoint), "sampler": sampler_name(args.sampler), "steps": args.steps,

@@ -4,19 +4,10 @@ from __future__ import annotations
 import argparse
 import os
 
+from .argtypes import positive_int
 from .convert import add_lora_arg, parse_lora
 
 TOKEN_ENV = "LDMKIT_SERVE_TOKEN"
-
-
-def _positive(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected an integer, got {text!r}") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"must be >= 1, got {value}")
-    return value
 
 
 def add_serve_parser(sub) -> None:
@@ -29,10 +20,10 @@ def add_serve_parser(sub) -> None:
     p.add_argument("--device", default="auto")
     p.add_argument("--precision", default="fp32", choices=("fp32", "bf16", "fp16"))
     add_lora_arg(p)
-    p.add_argument("--max-queue", type=_positive, default=16, help="jobs queued or running (default 16)")
-    p.add_argument("--max-size", type=_positive, default=1024, help="output side limit in pixels (default 1024)")
-    p.add_argument("--max-steps", type=_positive, default=150)
-    p.add_argument("--max-n", type=_positive, default=8, help="images per request (default 8)")
+    p.add_argument("--max-queue", type=positive_int, default=16, help="jobs queued or running (default 16)")
+    p.add_argument("--max-size", type=positive_int, default=1024, help="output side limit in pixels (default 1024)")
+    p.add_argument("--max-steps", type=positive_int, default=150)
+    p.add_argument("--max-n", type=positive_int, default=8, help="images per request (default 8)")
     p.add_argument("--max-upload-mb", type=float, default=8.0, help="one uploaded image (default 8 MB)")
     p.add_argument("--previews", type=int, default=4, help="decoded previews per job (0: none; each costs a decode)")
 

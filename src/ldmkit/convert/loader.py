@@ -27,7 +27,7 @@ from ..pipeline import Pipeline
 from .diffusers import CONFIG, MODEL_INDEX, export_diffusers, load_diffusers, load_diffusers_autoencoder, load_into
 from .original import IGNORED_PREFIXES, export_original, load_original, with_text_options
 from .original_config import _autoencoder
-from .safe_load import PICKLE_SUFFIXES, load_state_dict_file
+from .safe_load import PICKLE_SUFFIXES, check_not_a_pointer, load_state_dict_file
 from .sd_infer import VAE, infer_sd_config
 
 Target = Literal["ldmkit", "diffusers", "original"]
@@ -35,6 +35,7 @@ Target = Literal["ldmkit", "diffusers", "original"]
 
 def release_kind(path: Path) -> str | None:
     """``kind`` from an ldmkit release's metadata; None for any other safetensors file."""
+    check_not_a_pointer(path)
     try:
         with safe_open(str(path), framework="pt") as f:
             raw = (f.metadata() or {}).get("kind")

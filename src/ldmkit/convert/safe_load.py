@@ -59,6 +59,18 @@ def _torch_load(path: Path, mmap: bool = False) -> object:
         raise ValueError(f"{path}: cannot read the checkpoint: it ends early (truncated?)") from None
 
 
+LFS_POINTER = b"version https://git-lfs.github.com/spec"
+
+
+def check_not_a_pointer(path: Path) -> None:
+    """A Git LFS pointer (what a clone without ``git lfs`` holds in place of the weights) is named as such."""
+    with open(path, "rb") as f:
+        head = f.read(len(LFS_POINTER))
+    if head == LFS_POINTER:
+        raise ValueError(f"{path}: a Git LFS pointer, not the weights: fetch them (git lfs pull) or download the "
+                         "file itself")
+
+
 def _mappable(path: Path) -> bool:
     """A zip checkpoint whose records are all stored uncompressed (as torch.save writes them): only such a file
     can be memory-mapped; a re-zipped, compressed one is read instead."""
@@ -190,6 +202,7 @@ def load_state_dict_file(path: str | Path, lazy: bool = False) -> Mapping[str, T
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"{path}: file not found")
+    check_not_a_pointer(path)
     suffix = path.suffix.lower()
     if suffix == ".safetensors":
         if lazy:
@@ -202,6 +215,12 @@ def load_state_dict_file(path: str | Path, lazy: bool = False) -> Mapping[str, T
             raise ValueError(f"{path}: not a readable safetensors file ({' '.join(str(e).split())})") from None
     if suffix not in PICKLE_SUFFIXES:
         raise ValueError(f"{path}: unknown weights format (expected .safetensors or {', '.join(PICKLE_SUFFIXES)})")
+    if not zipfile.is_zipfile(path):
+        with open(path, "rb") as f:
+            head = f.read(2)
+        if not head.startswith(b"\x80"):  # every torch pickle starts with the PROTO opcode
+            raise ValueError(f"{path}: not a torch checkpoint (neither a zip archive nor a pickle; "
+                             "a partial download?)")
     try:
         obj = _torch_load(path, mmap=lazy and _mappable(path))
     except _ForeignGlobals as e:

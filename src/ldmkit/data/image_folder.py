@@ -27,11 +27,22 @@ def scan(root: Path) -> list[Path]:
     return sorted(files, key=lambda p: p.relative_to(root).as_posix())
 
 
+def read_text(path: Path) -> str:
+    """A caption file as text: UTF-8 (a byte-order mark is dropped); anything else is a one-line error naming it."""
+    raw = path.read_bytes()
+    try:
+        return raw.decode("utf-8-sig")
+    except UnicodeDecodeError as e:
+        line = raw[:e.start].count(b"\n") + 1
+        raise DataError(f"{path}:{line}: not UTF-8 text (byte 0x{raw[e.start]:02x} at offset {e.start}): "
+                        "save the captions as UTF-8") from None
+
+
 def read_captions_jsonl(path: Path, file_key: str = "file", caption_keys: tuple[str, ...] = ("caption",)) -> dict[str, str]:
     """``captions.jsonl`` lines ``{"file": "rel/path.png", "caption": "..."}`` -> {rel path: caption}; diffusers'
     ``metadata.jsonl`` is the same with ``file_name`` and ``text`` (or ``caption`` / ``prompt``)."""
     captions: dict[str, str] = {}
-    for lineno, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1):
+    for lineno, line in enumerate(read_text(path).splitlines(), 1):
         if not line.strip():
             continue
         try:
@@ -47,7 +58,7 @@ def read_captions_jsonl(path: Path, file_key: str = "file", caption_keys: tuple[
 def read_captions_json(path: Path) -> dict[str, str]:
     """``captions.json``: one mapping ``{"rel/path.png": "caption", ...}`` -> {rel path: caption}."""
     try:
-        table = json.loads(path.read_text(encoding="utf-8"))
+        table = json.loads(read_text(path))
     except json.JSONDecodeError as e:
         raise DataError(f"{path}: not valid JSON ({e})") from None
     if not isinstance(table, dict) or not all(isinstance(v, str) for v in table.values()):
@@ -75,7 +86,7 @@ def folder_captions(root: Path, files: list[Path]) -> list[str | None]:
     for path in files:
         sidecar = path.with_suffix(".txt")
         if sidecar.is_file():
-            captions.append(sidecar.read_text(encoding="utf-8").strip())
+            captions.append(read_text(sidecar).strip())
         else:
             captions.append(table.get(path.relative_to(root).as_posix()))
     return captions

@@ -9,9 +9,10 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from PIL import Image
+from PIL import Image, ImageOps
 
 WHITE = (255, 255, 255, 255)
+EXIF_ORIENTATION = 0x0112
 
 
 def to_mode(img: Image.Image, channels: int) -> Image.Image:
@@ -20,6 +21,10 @@ def to_mode(img: Image.Image, channels: int) -> Image.Image:
     Plain ``convert("RGB")`` would drop alpha and expose whatever colour the transparent
     pixels happen to store (often black), so transparent images are composited first.
     """
+    if img.mode in ("I;16", "I;16L", "I;16B", "I;16N", "I", "F"):  # 16-bit / 32-bit grey: scale, do not clip at 255
+        a = np.asarray(img, dtype=np.float64)
+        top = 65535.0 if img.mode.startswith("I;16") or (img.mode == "I" and a.max() > 255) else 255.0
+        img = Image.fromarray(np.clip(a / top * 255.0 + 0.5, 0, 255).astype(np.uint8), "L")
     has_alpha = img.mode in ("RGBA", "LA", "PA") or (img.mode == "P" and "transparency" in img.info)
     if has_alpha:
         rgba = img.convert("RGBA")
@@ -80,4 +85,5 @@ def load_image(path: str | Path) -> Image.Image:
     """
     with Image.open(path) as img:
         img.load()
-        return img.copy()
+        # a phone photo stores its orientation in EXIF: show it as it is seen (a no-op without the tag)
+        return ImageOps.exif_transpose(img) if img.getexif().get(EXIF_ORIENTATION, 1) != 1 else img.copy()

@@ -15,6 +15,7 @@ from ..weights import save_release
 from .checkpoint import Checkpointer
 from .config import TrainConfig, autocast, base_lr, grad_scaler, lr_factor
 from .distributed import Dist, no_sync
+from .guard import StepGuard, grad_norm, skip_step
 from .logger import RunLogger
 from .optim import adam
 from .run import TimeBudget, seed_rank, set_lr, start_run
@@ -126,53 +127,65 @@ def _train(cfg: AutoencoderRunConfig, resume: bool, out: Path, device: torch.dev
         log.write(f"global batch {global_batch} = {micro} x {dist.world_size} process(es) x {accum} accumulation; "
                   f"lr {peak_lr:.3g}")
     budget = TimeBudget(tc.max_minutes)
+    guard = StepGuard(tc.max_bad_steps, ckpt.path, log)
     model.train()
     batches = iter(stream)
-    while step < tc.steps:  # check before drawing: the stream position is part of the checkpoint
-        batch = next(batches)
-        lr = peak_lr * lr_factor(step, tc)
-        set_lr((opt_ae, opt_d), lr)
-        opt_ae.zero_grad(set_to_none=True)
-        pairs, logs = [], []
-        for k, mb in enumerate(split_batch(batch, accum)):
-            x = mb["image"].to(device, non_blocking=True)  # (B, C, H, W)
-            if tc.channels_last:
-                x = x.contiguous(memory_format=torch.channels_last)
-            # posterior noise per sample, keyed by its position in the global batch (see seeding.py)
-            gens = sample_generators(tc.seed, step, dist.rank * micro * accum + k * micro, len(x))
-            with no_sync(ae, k < accum - 1):
-                with autocast(device, tc.precision):
-                    xrec, reg_loss, info = ae(x, sample_posterior=True, generator=gens)
-                    loss, values = loss_fn.generator_loss(x, xrec.float(), reg_loss, model.last_layer, step)
-                scaler.scale(loss / accum if accum > 1 else loss).backward()
-            pairs.append((x, xrec.detach().float()))
-            logs.append(values | {k_: float(v) for k_, v in info.items() if k_ in ("perplexity", "usage")})
-        if tc.grad_clip:
-            scaler.unscale_(opt_ae)
-            torch.nn.utils.clip_grad_norm_(model.parameters(), tc.grad_clip)
-        scaler.step(opt_ae)
-        if step >= cfg.loss.disc_start:  # the discriminator is idle (and free) before disc_start
-            opt_d.zero_grad(set_to_none=True)  # drops what the autoencoder's GAN term left there
-            for k, (x, xrec) in enumerate(pairs):
-                with no_sync(disc, k < accum - 1):
+    try:
+        while step < tc.steps:  # check before drawing: the stream position is part of the checkpoint
+            batch = guard.next_batch(batches)
+            lr = peak_lr * lr_factor(step, tc)
+            set_lr((opt_ae, opt_d), lr)
+            opt_ae.zero_grad(set_to_none=True)
+            pairs, logs, losses = [], [], []
+            for k, mb in enumerate(split_batch(batch, accum)):
+                x = mb["image"].to(device, non_blocking=True)  # (B, C, H, W)
+                if tc.channels_last:
+                    x = x.contiguous(memory_format=torch.channels_last)
+                # posterior noise per sample, keyed by its position in the global batch (see seeding.py)
+                gens = sample_generators(tc.seed, step, dist.rank * micro * accum + k * micro, len(x))
+                with no_sync(ae, k < accum - 1):
                     with autocast(device, tc.precision):
-                        d_loss, d_values = disc(x, xrec, step)
-                    scaler.scale(d_loss / accum if accum > 1 else d_loss).backward()
-                logs[k].update(d_values)
-            scaler.step(opt_d)
-        scaler.update()
-        step += 1
-        log.step()
-        if step % tc.log_every == 0 or step == tc.steps:
-            values = {k_: sum(float(v[k_]) for v in logs) / len(logs) for k_ in logs[0]}
-            log.log(step, dist.mean(values, device) | {"lr": lr}, global_batch)  # every rank takes part
-        if step % tc.sample_every == 0 and dist.is_main:
-            _save_reconstructions(model, fixed, out / "samples" / f"recon_{step:07d}.png")
-        if step % tc.ckpt_every == 0:
-            ckpt.save(step)
-        if tc.max_minutes and dist.any(budget.spent(), device):  # every rank stops at the same step
-            log.write(f"time budget of {tc.max_minutes} min spent at step {step}")
-            break
+                        xrec, reg_loss, info = ae(x, sample_posterior=True, generator=gens)
+                        loss, values = loss_fn.generator_loss(x, xrec.float(), reg_loss, model.last_layer, step)
+                    scaler.scale(loss / accum if accum > 1 else loss).backward()
+                losses.append(loss.detach())
+                pairs.append((x, xrec.detach().float()))
+                logs.append(values | {k_: float(v) for k_, v in info.items() if k_ in ("perplexity", "usage")})
+            norm = None
+            if tc.grad_clip:
+                scaler.unscale_(opt_ae)
+                norm = torch.nn.utils.clip_grad_norm_(model.parameters(), tc.grad_clip)
+            elif not scaler.is_enabled():
+                norm = grad_norm(model.parameters())
+            if not guard.ok(step, losses, None if scaler.is_enabled() else norm, dist, device):
+                skip_step((opt_ae, opt_d), scaler)
+                continue
+            scaler.step(opt_ae)
+            if step >= cfg.loss.disc_start:  # the discriminator is idle (and free) before disc_start
+                opt_d.zero_grad(set_to_none=True)  # drops what the autoencoder's GAN term left there
+                for k, (x, xrec) in enumerate(pairs):
+                    with no_sync(disc, k < accum - 1):
+                        with autocast(device, tc.precision):
+                            d_loss, d_values = disc(x, xrec, step)
+                        scaler.scale(d_loss / accum if accum > 1 else d_loss).backward()
+                    logs[k].update(d_values)
+                scaler.step(opt_d)
+            scaler.update()
+            step += 1
+            log.step()
+            if step % tc.log_every == 0 or step == tc.steps:
+                values = {k_: sum(float(v[k_]) for v in logs) / len(logs) for k_ in logs[0]}
+                log.log(step, dist.mean(values, device) | {"lr": lr}, global_batch)  # every rank takes part
+            if step % tc.sample_every == 0 and dist.is_main:
+                _save_reconstructions(model, fixed, out / "samples" / f"recon_{step:07d}.png")
+            if step % tc.ckpt_every == 0:
+                ckpt.save(step)
+            if tc.max_minutes and dist.any(budget.spent(), device):  # every rank stops at the same step
+                log.write(f"time budget of {tc.max_minutes} min spent at step {step}")
+                break
+    except BaseException:  # the message after the bar starts on its own line
+        log.close()
+        raise
     log.close()
     ckpt.save(step)
     release = out / "autoencoder.safetensors"

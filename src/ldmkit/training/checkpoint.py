@@ -12,6 +12,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from ..config import RunStopped
 from ..weights import atomic_write
 from .distributed import Dist
 
@@ -48,6 +49,11 @@ def save_checkpoint(path: Path, state: dict[str, Any]) -> None:
 
 def load_checkpoint(path: Path, map_location: str | torch.device = "cpu") -> dict[str, Any]:
     return torch.load(path, map_location=map_location, weights_only=True)
+
+
+def checkpoint_step(path: Path) -> int:
+    """The step a checkpoint was saved at (the file is mapped, not read)."""
+    return int(torch.load(path, map_location="cpu", weights_only=True, mmap=True)["step"])
 
 
 def save_training_state(path: Path, stateful: dict[str, Any], generator: torch.Generator | None, step: int,
@@ -93,6 +99,9 @@ class Checkpointer:
                  device: torch.device, config: dict[str, Any], dist: Dist | None = None):
         self.path, self.stateful, self.generator, self.device, self.config = Path(path), stateful, generator, device, config
         self.dist = dist or Dist()
+        if self.dist.is_main:  # a write killed midway leaves its hidden temporary file (never the checkpoint)
+            for stale in self.path.parent.glob(f".{self.path.name}.*.tmp"):
+                stale.unlink(missing_ok=True)
 
     def restore(self) -> int:
         """The step to continue from: 0 without a checkpoint (the same on every rank, or an error)."""
@@ -114,5 +123,11 @@ class Checkpointer:
                   if getattr(obj, "per_rank", False)}
         if self.dist.is_main:
             extra = ({"rng_ranks": rngs} if self.dist.world_size > 1 else {}) | ranked
-            save_training_state(self.path, self.stateful, self.generator, step, self.config, extra)
+            try:
+                save_training_state(self.path, self.stateful, self.generator, step, self.config, extra)
+            except OSError as e:  # a full disk, a lost mount: the previous file is untouched (atomic write)
+                kept = (f"the last good checkpoint {self.path} (step {checkpoint_step(self.path)}) is intact"
+                        if self.path.exists() else "no earlier checkpoint exists")
+                raise RunStopped(f"{self.path}: cannot write the checkpoint of step {step} "
+                                 f"({e.strerror or e}): the run stops; {kept}") from None
         self.dist.barrier()

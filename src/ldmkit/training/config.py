@@ -34,6 +34,7 @@ class TrainConfig:
     scale_lr: bool = False          # the original's rule: lr x batch_size x world size x grad_accum
     channels_last: bool = False     # NHWC convolutions (faster on tensor-core GPUs and oneDNN CPUs)
     tensorboard: bool = False       # also log scalars to <out_dir>/tensorboard when tensorboard is installed
+    max_bad_steps: int = 10         # consecutive non-finite steps (skipped, not applied) before the run stops
 
     def __post_init__(self) -> None:
         require(self.steps >= 1, "steps", f"must be >= 1, got {self.steps}")
@@ -45,6 +46,7 @@ class TrainConfig:
         require(self.max_minutes >= 0, "max_minutes", "must be >= 0")
         require(self.warmup_steps >= 0, "warmup_steps", "must be >= 0")
         require(self.grad_accum >= 1, "grad_accum", f"must be >= 1, got {self.grad_accum}")
+        require(self.max_bad_steps >= 1, "max_bad_steps", f"must be >= 1, got {self.max_bad_steps}")
         require(self.precision in ("fp32", "bf16", "fp16"), "precision",
                 f"expected fp32, bf16 or fp16, got {self.precision!r}")
 

@@ -28,6 +28,7 @@ from .checkpoint import Checkpointer
 from .config import TrainConfig, autocast, base_lr, grad_scaler, lr_factor
 from .distributed import Dist, no_sync
 from .ema import EMA
+from .guard import StepGuard, grad_norm, skip_step
 from .prior import PriorPairs, generate_class_images, prior_loss
 from .embeddings import EmbeddingStore, build_embedding_cache, dataset_captions, embedding_cache_dir, embedding_key
 from .latents import LatentCache, LatentSource, ShardedLatentCache, cache_dir, canonical, encode_dataset, uses_flips
@@ -353,58 +354,70 @@ def _train(cfg: LDMRunConfig, released: Pipeline | None, resume: bool, out: Path
         log.write(f"global batch {global_batch} = {micro} x {dist.world_size} process(es) x {accum} accumulation; "
                   f"lr {peak_lr:.3g}")
     budget = TimeBudget(tc.max_minutes)
+    guard = StepGuard(tc.max_bad_steps, ckpt.path, log)
     denoiser.train()
     batches = iter(stream)
-    while step < tc.steps:  # check before drawing: the stream position is part of the checkpoint
-        batch = next(batches)
-        lr = peak_lr * lr_factor(step, tc)
-        set_lr((opt,), lr)
-        opt.zero_grad(set_to_none=True)
-        losses = []
-        for k, mb in enumerate(split_batch(batch, accum)):
-            # positions in the global batch key the per-sample random streams (see seeding.py)
-            gens = sample_generators(tc.seed, step, dist.rank * micro * accum + k * micro, len(mb["index"]))
-            z0, mb = source.latents(mb, gens)  # (B, c, h, w)
-            if tc.channels_last:
-                z0 = z0.contiguous(memory_format=torch.channels_last)
-            inputs = gather_inputs(pipe.cfg, device, **batch_conditioning(pipe.cfg, mb, gens))
-            values = inputs.values
-            if pipe.conditioner is not None:
-                values = pipe.conditioner.drop(values, tc.p_uncond, generator=gens)
-            with no_sync(model, k < accum - 1):
-                loss_per = model(z0, values, inputs.concat, gens)  # (B,)
-                loss = prior_loss(loss_per, mb["prior"], tc.prior_weight) if tc.prior_data else loss_per.mean()
-                scaler.scale(loss / accum if accum > 1 else loss).backward()
-            losses.append(loss.detach())
-        if tc.grad_clip:
-            scaler.unscale_(opt)
-            torch.nn.utils.clip_grad_norm_(denoiser.parameters(), tc.grad_clip)
-        scaler.step(opt)
-        scaler.update()
-        ema.update(denoiser)
-        step += 1
-        log.step()
-        if step % tc.log_every == 0 or step == tc.steps:
-            mean_loss = dist.mean({"loss": float(torch.stack(losses).mean())}, device)  # every rank takes part
-            log.log(step, mean_loss | {"lr": lr}, global_batch)
-        measure_start = time.perf_counter()  # grids and evaluation are measurements: not training time
-        if step % tc.sample_every == 0 and dist.is_main:
-            _save_samples(pipe, ema.model, tc, out / "samples" / f"samples_{step:07d}.png", preview, device)
-        scores = None
-        if evaluator is not None and step % tc.eval_every == 0:
-            with autocast(device, tc.precision if frozen_in_half(tc) else "fp32"):
-                scores = evaluator(_ema_pipeline(pipe, ema.model).eval())
-        measured = time.perf_counter() - measure_start
-        budget.exclude(measured)
-        log.exclude(measured)
-        if scores is not None:
-            log.log(step, scores)
-        if step % tc.ckpt_every == 0:
-            ckpt.save(step)
-        # rank 0's clock decides (the others wait through its evaluation); every rank stops at the same step
-        if tc.max_minutes and dist.any(dist.is_main and budget.spent(), device):
-            log.write(f"time budget of {tc.max_minutes} min spent at step {step}")
-            break
+    try:
+        while step < tc.steps:  # check before drawing: the stream position is part of the checkpoint
+            batch = guard.next_batch(batches)
+            lr = peak_lr * lr_factor(step, tc)
+            set_lr((opt,), lr)
+            opt.zero_grad(set_to_none=True)
+            losses = []
+            for k, mb in enumerate(split_batch(batch, accum)):
+                # positions in the global batch key the per-sample random streams (see seeding.py)
+                gens = sample_generators(tc.seed, step, dist.rank * micro * accum + k * micro, len(mb["index"]))
+                z0, mb = source.latents(mb, gens)  # (B, c, h, w)
+                if tc.channels_last:
+                    z0 = z0.contiguous(memory_format=torch.channels_last)
+                inputs = gather_inputs(pipe.cfg, device, **batch_conditioning(pipe.cfg, mb, gens))
+                values = inputs.values
+                if pipe.conditioner is not None:
+                    values = pipe.conditioner.drop(values, tc.p_uncond, generator=gens)
+                with no_sync(model, k < accum - 1):
+                    loss_per = model(z0, values, inputs.concat, gens)  # (B,)
+                    loss = prior_loss(loss_per, mb["prior"], tc.prior_weight) if tc.prior_data else loss_per.mean()
+                    scaler.scale(loss / accum if accum > 1 else loss).backward()
+                losses.append(loss.detach())
+            norm = None
+            if tc.grad_clip:
+                scaler.unscale_(opt)
+                norm = torch.nn.utils.clip_grad_norm_(denoiser.parameters(), tc.grad_clip)
+            elif not scaler.is_enabled():
+                norm = grad_norm(denoiser.parameters())
+            # a loss scaler checks (and skips) overflowing gradients itself: the guard looks at the loss only
+            if not guard.ok(step, losses, None if scaler.is_enabled() else norm, dist, device):
+                skip_step((opt,), scaler)
+                continue
+            scaler.step(opt)
+            scaler.update()
+            ema.update(denoiser)
+            step += 1
+            log.step()
+            if step % tc.log_every == 0 or step == tc.steps:
+                mean_loss = dist.mean({"loss": float(torch.stack(losses).mean())}, device)  # every rank takes part
+                log.log(step, mean_loss | {"lr": lr}, global_batch)
+            measure_start = time.perf_counter()  # grids and evaluation are measurements: not training time
+            if step % tc.sample_every == 0 and dist.is_main:
+                _save_samples(pipe, ema.model, tc, out / "samples" / f"samples_{step:07d}.png", preview, device)
+            scores = None
+            if evaluator is not None and step % tc.eval_every == 0:
+                with autocast(device, tc.precision if frozen_in_half(tc) else "fp32"):
+                    scores = evaluator(_ema_pipeline(pipe, ema.model).eval())
+            measured = time.perf_counter() - measure_start
+            budget.exclude(measured)
+            log.exclude(measured)
+            if scores is not None:
+                log.log(step, scores)
+            if step % tc.ckpt_every == 0:
+                ckpt.save(step)
+            # rank 0's clock decides (the others wait through its evaluation); every rank stops at the same step
+            if tc.max_minutes and dist.any(dist.is_main and budget.spent(), device):
+                log.write(f"time budget of {tc.max_minutes} min spent at step {step}")
+                break
+    except BaseException:  # the message after the bar starts on its own line
+        log.close()
+        raise
     log.close()
     ckpt.save(step)
     release = out / "pipeline.safetensors"
@@ -431,10 +444,14 @@ def check_captions(cfg: LDMRunConfig, dataset) -> str | None:
     if CONTEXT_KEYS.get(cfg.conditioner.kind) != "caption" or captions is None:
         return None
     missing = sum(c is None for c in captions)
-    if missing == len(captions):
+    empty = sum(c is not None and not c.strip() for c in captions)
+    if missing + empty == len(captions):
         raise ConfigError(f"{cfg.data.root}: none of the {len(captions)} images has a caption, which a text-to-image "
                           "model needs (x.txt beside x.png, or metadata.jsonl with file_name / text)")
-    return f"{missing} of {len(captions)} images have no caption: they train as the empty prompt" if missing else None
+    if not missing + empty:
+        return None
+    why = ", ".join(f"{n} {what}" for n, what in ((missing, "missing"), (empty, "empty")) if n)
+    return f"{missing + empty} of {len(captions)} images have no caption ({why}): they train as the empty prompt"
 
 
 def _ema_pipeline(pipe: Pipeline, ema_model: nn.ModuleDict) -> Pipeline:
