@@ -7,13 +7,13 @@ from ldmkit.serve import ServeLimits
 from ldmkit.serve.app import create_app
 from ldmkit.serve.models import ModelEntry
 from ldmkit.serve.server import BackgroundServer
-from serve_helpers import SlowPipe, tiny_class_pipe
+from serve_helpers import SlowPipe, tiny_class_pipe, tiny_layout_pipe
 
 
 @pytest.fixture
 def models(tiny_sd, randomised):
     """A class-conditional model and a tiny Stable Diffusion 1.x (CLIP text encoder, 512 px by default)."""
-    return {"cls": tiny_class_pipe(randomised), "text": tiny_sd("1", seed=1)}
+    return {"cls": tiny_class_pipe(randomised), "text": tiny_sd("1", seed=1), "layout": tiny_layout_pipe(randomised)}
 
 
 @pytest.fixture
@@ -23,7 +23,7 @@ def serve(models, tmp_path):
 
     def make(token=None, gate=None, **limit_fields):
         entries = [ModelEntry("cls", SlowPipe(models["cls"], gate) if gate else models["cls"], "tiny"),
-                   ModelEntry("text", models["text"], "tiny-sd")]
+                   ModelEntry("text", models["text"], "tiny-sd"), ModelEntry("layout", models["layout"], "tiny")]
         limits = ServeLimits(**{"previews": 2, **limit_fields})
         srv = BackgroundServer(create_app(entries, tmp_path / "out", limits, token)).__enter__()
         started.append(srv)

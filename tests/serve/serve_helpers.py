@@ -32,6 +32,24 @@ def tiny_class_pipe(randomise) -> Pipeline:
     return randomise(Pipeline(cfg))
 
 
+SHAPES = ["circle", "square", "triangle"]
+
+
+def tiny_layout_pipe(randomise) -> Pipeline:
+    """Layout-to-image: one token per box into cross-attention (box classes 1..3 = SHAPES)."""
+    torch.manual_seed(2)
+    cfg = PipelineConfig(
+        autoencoder=AutoencoderConfig(kind="kl", resolution=32, ch=32, ch_mult=(1, 2), num_res_blocks=1,
+                                      z_channels=3, embed_dim=3),
+        unet=UNetConfig(in_channels=3, out_channels=3, model_channels=32, channel_mult=(1, 2), num_res_blocks=1,
+                        attention_resolutions=(2,), num_head_channels=16, use_spatial_transformer=True,
+                        context_dim=16),
+        conditioner=ConditionerConfig(kind="layout", num_classes=3, embed_dim=16, max_objects=3, coord_bins=8,
+                                      n_layer=1, n_head=2, layout_tokens="object"),
+        diffusion=ScheduleConfig(timesteps=100), scale_factor=0.5, class_names=SHAPES)
+    return randomise(Pipeline(cfg))
+
+
 class SlowPipe:
     """A pipeline whose calls wait for ``gate`` first: lets a test hold the worker busy."""
 

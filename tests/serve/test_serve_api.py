@@ -19,7 +19,7 @@ from PIL import Image
 from ldmkit.imageio import to_uint8
 from ldmkit.serve.jobs import Cancelled, Job, JobQueue, QueueFull
 
-from serve_helpers import CLASSES, call, png_b64, wait_done
+from serve_helpers import CLASSES, SHAPES, call, png_b64, wait_done
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 CLS = {"model": "cls", "class_label": 2, "steps": 6, "seed": 11, "n": 2}
@@ -32,6 +32,7 @@ def test_models_list_what_each_takes(serve):
     by = {m["name"]: m for m in info["models"]}
     assert by["cls"]["class"] and by["cls"]["class_names"] == CLASSES and not by["cls"]["text"]
     assert by["text"]["text"] and not by["text"]["class"] and by["text"]["size"] == 512
+    assert by["layout"]["boxes"] and by["layout"]["box_classes"] == SHAPES and by["layout"]["max_objects"] == 3
     assert info["limits"]["max_steps"] == 150
     status, schema, _ = call(f"{srv.url}/openapi.json")
     assert status == 200 and "GenerateRequest" in schema["components"]["schemas"]
@@ -104,6 +105,22 @@ def test_bad_requests_name_their_field(serve, change, status, field):
     got, body, _ = call(f"{srv.url}/api/jobs", "POST", {**CLS, **change})
     assert (got, body["field"]) == (status, field), body
     assert body["error"].startswith(f"{field}: ") and "\n" not in body["error"]
+
+
+def test_layout_boxes_are_checked(serve):
+    srv = serve()
+    box = {"label": "square", "x0": 0.1, "y0": 0.1, "x1": 0.5, "y1": 0.6}
+    base = {"model": "layout", "steps": 2}
+    for boxes, field in (([{**box, "x1": 0.05}], "boxes[0]"), ([box] * 4, "boxes"), ([], "boxes"),
+                         ([{**box, "label": "hexagon"}], "boxes[0].label"), ([{**box, "label": 4}], "boxes[0].label"),
+                         ([{**box, "x0": 1.5}], "boxes.0.x0")):
+        got, body, _ = call(f"{srv.url}/api/jobs", "POST", {**base, "boxes": boxes})
+        assert (got, body["field"]) == (422, field), body
+    got, job, _ = call(f"{srv.url}/api/jobs", "POST", {**base, "boxes": [box, {**box, "label": 3}]})
+    assert got == 202
+    done = wait_done(srv.url, job["id"])
+    assert done["status"] == "done", done
+    np.testing.assert_allclose(done["settings"]["boxes"], [[2, 0.1, 0.1, 0.5, 0.6], [3, 0.1, 0.1, 0.5, 0.6]], atol=1e-6)
 
 
 def test_text_limits_and_upload_size(serve):

@@ -133,3 +133,25 @@ def test_paint_a_mask_and_inpaint_keeps_the_rest(serve, browser, tmp_path):
     assert np.abs(result[mask].astype(int) - original[mask]).mean() > 5  # inside: regenerated
     meta = json.loads(_fetch(img.get_attribute("src")).text["ldmkit"])
     assert meta["uploads"] == ["image", "mask"]
+
+
+def test_place_boxes_on_the_layout_canvas(serve, browser):
+    srv = serve()
+    _open(browser, srv.url + "/")
+    Select(browser.find_element(By.ID, "model")).select_by_value("layout")
+    assert not browser.find_element(By.ID, "prompt").is_displayed()
+    canvas = browser.find_element(By.ID, "boxes-canvas")
+    Select(browser.find_element(By.ID, "box-class")).select_by_visible_text("square")
+    # canvas 256 px, origin at its centre: drag from (-96, -96) to (0, 32) -> box (0.125, 0.125, 0.5, 0.625)
+    ActionChains(browser).move_to_element_with_offset(canvas, -96, -96).click_and_hold() \
+        .move_by_offset(48, 64).move_by_offset(48, 64).release().perform()
+    Select(browser.find_element(By.ID, "box-class")).select_by_visible_text("triangle")
+    ActionChains(browser).move_to_element_with_offset(canvas, 40, 40).click_and_hold() \
+        .move_by_offset(60, 60).release().perform()
+    assert len(browser.find_elements(By.CSS_SELECTOR, "#boxes-list li")) == 2
+    _set(browser, "steps", 4)
+    img = _generate(browser, 0)
+    boxes = json.loads(_fetch(img.get_attribute("src")).text["ldmkit"])["boxes"]
+    assert [b[0] for b in boxes] == [2.0, 3.0]  # square, triangle: 1-based class ids
+    np.testing.assert_allclose(boxes[0][1:], [0.125, 0.125, 0.5, 0.625], atol=0.02)
+    np.testing.assert_allclose(boxes[1][1:], [0.656, 0.656, 0.891, 0.891], atol=0.02)
