@@ -207,4 +207,4 @@ def test_bad_inputs_are_one_line_errors_and_write_nothing(base, tmp_path, capsys
         (bare / f"{i}.txt").write_text("a photo of sks object\n")
     capsys.readouterr()
     assert main(_args(folder, bare, tmp_path / "some")) == 0
-    assert "4 of 6 images have no caption: they train as the empty prompt" in capsys.readouterr().err
+    assert "4 of 6 images have no caption (4 missing): they train as the empty prompt" in capsys.readouterr().err
