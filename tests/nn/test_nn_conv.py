@@ -150,6 +150,6 @@ def test_weight_grad_is_right_under_torch_compile():
     torch.compile(loss)(ours).backward()
     err = (ours.weight.grad - ref.weight.grad).norm() / ref.weight.grad.norm()
     # bf16 rounding (eps 7.8e-3): under 1e-3 on earlier machines, 2.1e-3 on this one (the same code at e9cdc00):
-    # bug this guards against was 123 %
+    # the bug this guards against was 123 %
     assert err < 1e-2
     torch.testing.assert_close(ours.bias.grad, ref.bias.grad, rtol=0, atol=0)
