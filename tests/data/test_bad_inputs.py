@@ -17,7 +17,7 @@ from ldmkit.cli.main import main
 from ldmkit.data import DataConfig
 from ldmkit.data.config import DataError
 from ldmkit.data.image_folder import ImageFolder
-from ldmkit.training import autoencoder_loop
+from ldmkit.training import autoencoder_loop, ldm_loop
 from ldmkit.training.ldm_loop import check_captions
 
 _spec = importlib.util.spec_from_file_location("make_corpus", Path(__file__).parent / "bad" / "make_corpus.py")
@@ -107,8 +107,10 @@ def test_config_cases_are_one_line_errors(corpus, tmp_path, monkeypatch, capsys)
         raise AssertionError("the config was accepted")
 
     monkeypatch.setattr(autoencoder_loop, "train_autoencoder", must_not_train)
+    monkeypatch.setattr(ldm_loop, "train_ldm", must_not_train)
     for c in cases:
-        code = main(["train-autoencoder", str(root / c.path), f"train.out_dir={tmp_path / 'run'}"])
+        command = "train-ldm" if c.note == "train-ldm" else "train-autoencoder"
+        code = main([command, str(root / c.path), f"train.out_dir={tmp_path / 'run'}"])
         err = capsys.readouterr().err
         assert code == 2 and err.startswith("ldmkit: error: ") and err.count("\n") == 1, (c, err)
         assert c.match in err, (c, err)

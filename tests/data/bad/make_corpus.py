@@ -179,13 +179,20 @@ CONFIGS = {  # name: (YAML text, the substring the one-line error must hold)
 }
 
 
+# train-ldm presets whose required sections are missing (an autoencoder preset's sections all have defaults)
+LDM_CONFIGS = {
+    "ldm_missing_first_stage.yaml": ("data:\n  name: shapes\ntrain:\n  steps: 3\n", "first_stage: path to an autoencoder"),
+    "ldm_empty.yaml": ("", "first_stage: path to an autoencoder"),
+}
+
+
 def config_cases(root: Path) -> list[Case]:
     d = root / "configs"
     d.mkdir(parents=True)
     cases = []
-    for name, (text, match) in CONFIGS.items():
+    for name, (text, match) in (CONFIGS | LDM_CONFIGS).items():
         (d / name).write_bytes(b"\x00\xff\xfe binary" if text is None else text.encode())
-        cases.append(Case(f"configs/{name}", "config", "error", match))
+        cases.append(Case(f"configs/{name}", "config", "error", match, "train-ldm" if name in LDM_CONFIGS else ""))
     return cases
 
 
