@@ -15,7 +15,7 @@ from ..weights import save_release
 from .checkpoint import Checkpointer
 from .config import TrainConfig, autocast, base_lr, grad_scaler, lr_factor
 from .distributed import Dist, no_sync
-from .guard import StepGuard, grad_norm, skip_step
+from .guard import StepGuard, clipped_norm, skip_step
 from .logger import RunLogger
 from .optim import adam
 from .run import TimeBudget, seed_rank, set_lr, start_run
@@ -151,13 +151,8 @@ def _train(cfg: AutoencoderRunConfig, resume: bool, out: Path, device: torch.dev
                 losses.append(loss.detach())
                 pairs.append((x, xrec.detach().float()))
                 logs.append(values | {k_: float(v) for k_, v in info.items() if k_ in ("perplexity", "usage")})
-            norm = None
-            if tc.grad_clip:
-                scaler.unscale_(opt_ae)
-                norm = torch.nn.utils.clip_grad_norm_(model.parameters(), tc.grad_clip)
-            elif not scaler.is_enabled():
-                norm = grad_norm(model.parameters())
-            if not guard.ok(step, losses, None if scaler.is_enabled() else norm, dist, device):
+            norm = clipped_norm(model.parameters(), opt_ae, scaler, tc.grad_clip)
+            if not guard.ok(step, losses, norm, dist, device):
                 skip_step((opt_ae, opt_d), scaler)
                 continue
             scaler.step(opt_ae)

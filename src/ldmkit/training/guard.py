@@ -30,6 +30,16 @@ def grad_norm(params: Iterable[torch.nn.Parameter]) -> Tensor:
     return torch.linalg.vector_norm(torch.stack([torch.linalg.vector_norm(g.detach().float()) for g in grads]))
 
 
+def clipped_norm(params, opt, scaler, grad_clip: float) -> Tensor | None:
+    """Unscale and clip the gradients when ``grad_clip`` is set; the norm the guard checks (None under a loss
+    scaler, which finds and skips overflowing gradients itself)."""
+    if grad_clip:
+        scaler.unscale_(opt)
+        norm = torch.nn.utils.clip_grad_norm_(params, grad_clip)
+        return None if scaler.is_enabled() else norm
+    return None if scaler.is_enabled() else grad_norm(params)
+
+
 def skip_step(optimizers, scaler) -> None:
     """Leave the weights as they were: drop the gradients; a loss scaler halves its scale (as on an overflow)."""
     for opt in optimizers:

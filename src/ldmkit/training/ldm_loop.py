@@ -28,7 +28,7 @@ from .checkpoint import Checkpointer
 from .config import TrainConfig, autocast, base_lr, grad_scaler, lr_factor
 from .distributed import Dist, no_sync
 from .ema import EMA
-from .guard import StepGuard, grad_norm, skip_step
+from .guard import StepGuard, clipped_norm, skip_step
 from .prior import PriorPairs, generate_class_images, prior_loss
 from .embeddings import EmbeddingStore, build_embedding_cache, dataset_captions, embedding_cache_dir, embedding_key
 from .latents import LatentCache, LatentSource, ShardedLatentCache, cache_dir, canonical, encode_dataset, uses_flips
@@ -379,14 +379,8 @@ def _train(cfg: LDMRunConfig, released: Pipeline | None, resume: bool, out: Path
                     loss = prior_loss(loss_per, mb["prior"], tc.prior_weight) if tc.prior_data else loss_per.mean()
                     scaler.scale(loss / accum if accum > 1 else loss).backward()
                 losses.append(loss.detach())
-            norm = None
-            if tc.grad_clip:
-                scaler.unscale_(opt)
-                norm = torch.nn.utils.clip_grad_norm_(denoiser.parameters(), tc.grad_clip)
-            elif not scaler.is_enabled():
-                norm = grad_norm(denoiser.parameters())
-            # a loss scaler checks (and skips) overflowing gradients itself: the guard looks at the loss only
-            if not guard.ok(step, losses, None if scaler.is_enabled() else norm, dist, device):
+            norm = clipped_norm(denoiser.parameters(), opt, scaler, tc.grad_clip)
+            if not guard.ok(step, losses, norm, dist, device):
                 skip_step((opt,), scaler)
                 continue
             scaler.step(opt)
