@@ -42,10 +42,18 @@ def data_conditioned_latents(pipe, dataset, kind: str, n: int, seed: int, sample
     return torch.cat(parts)
 
 
+def parse_sampler(item: str) -> tuple[str, int, dict]:
+    """``name:steps[:option=value...]`` -> (name, steps, options); integer values become ints."""
+    sampler, steps, *opts = item.split(":")
+    options = {k: int(v) if v.lstrip("-").isdigit() else v for k, v in (o.split("=") for o in opts)}
+    return sampler, int(steps), options
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("pipeline")
-    ap.add_argument("--samplers", default="ddim:50,dpmpp_2m:20,plms:50,euler:50", help="name:steps, comma list")
+    ap.add_argument("--samplers", default="ddim:50,dpmpp_2m:20,plms:50,euler:50",
+                    help="name:steps[:option=value...], comma list (e.g. plms:50:order=2)")
     ap.add_argument("--guidance", default="1,3,5")
     ap.add_argument("--guidance-rescale", type=float, default=None, help="Lin et al. 2023; default: the model's own")
     ap.add_argument("--guidance-interval", default=None, metavar="LO-HI",
@@ -80,23 +88,25 @@ def main() -> None:
         kind = f"data:{data_cfg.name}:test"
     print(f"held-out real latents off the range: {100 * done['heldout_off_share']:.2f} %")
     for item in args.samplers.split(","):
-        sampler, steps = item.split(":")
+        sampler, steps, options = parse_sampler(item)
         for g in (float(v) for v in args.guidance.split(",")):
-            key = {"sampler": sampler, "steps": int(steps), "guidance": g, "guidance_rescale": rescale,
+            key = {"sampler": sampler, "steps": steps, "guidance": g, "guidance_rescale": rescale,
                    "guidance_interval": None if interval is None else list(interval)}
+            if options:
+                key["options"] = options
             if any(all(r.get(k, OLD.get(k)) == v for k, v in key.items()) for r in done["rows"]):
                 continue
             t0 = time.perf_counter()
             if scorer is not None:
-                s = conditional_accuracy(pipe, scorer, n=args.n, guidance_scale=g, steps=int(steps), sampler=sampler,
+                s = conditional_accuracy(pipe, scorer, n=args.n, guidance_scale=g, steps=steps, sampler=sampler,
                                          batch_size=args.batch_size, seed=args.seed, latent_range=rng,
-                                         **guide)
+                                         **guide, **options)
                 row = key | {"off_manifold": s["off_manifold"], "accuracy": s["accuracy"], "rejected": s["rejected"],
                              "accuracy_healthy": s["accuracy_healthy"],
                              "off_per_class": [float((~s["healthy"][c::10]).float().mean()) for c in range(10)]}
             else:
-                z = data_conditioned_latents(pipe, test, kind, args.n, args.seed, sampler, int(steps), g,
-                                             args.batch_size, **guide)
+                z = data_conditioned_latents(pipe, test, kind, args.n, args.seed, sampler, steps, g,
+                                             args.batch_size, **guide, **options)
                 row = key | {"off_manifold": rng.off_share(z)}
             row["seconds"] = round(time.perf_counter() - t0, 1)
             done["rows"].append(row)
@@ -107,7 +117,8 @@ def main() -> None:
     for r in done["rows"]:
         extra = f" {100 * r['accuracy']:.1f} % | {100 * r['rejected']:.1f} % |" if "accuracy" in r else ""
         interval = r.get("guidance_interval") or "all"
-        lines.append(f"| {r['sampler']} | {r['steps']} | {r['guidance']:g} | {r.get('guidance_rescale', 0.0):g} | "
+        name = r["sampler"] + "".join(f" {k}={v}" for k, v in r.get("options", {}).items())
+        lines.append(f"| {name} | {r['steps']} | {r['guidance']:g} | {r.get('guidance_rescale', 0.0):g} | "
                      f"{interval if isinstance(interval, str) else '%g-%g' % tuple(interval)} | "
                      f"{100 * r['off_manifold']:.1f} % |{extra}")
     (out / "health.md").write_text("\n".join(lines) + "\n")

@@ -49,6 +49,8 @@ def _run(argv) -> int:
     (["--class", "7"], "--class 7: out of range, the model has classes 0..2"),
     (["--sampler", "warp"], "sampler: unknown 'warp'"),
     (["--eta", "0.5", "--sampler", "dpmpp_2m"], "sampler dpmpp_2m: no option eta"),
+    (["--order", "3"], "sampler ddim: no option order"),
+    (["--order", "5", "--sampler", "plms"], "--order: invalid choice: 5"),
     (["--prompt", "a cat"], "--prompt given, but this model is not text-conditional"),
     (["--boxes", "[[1, 0, 0, 1, 1]]"], "--boxes given, but this model is not a layout model"),
     (["--image", "missing.png"], "--image missing.png: file not found"),

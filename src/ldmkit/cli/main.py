@@ -163,6 +163,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--spacing", default=None, choices=SPACINGS,
                    help="timestep spacing (default: uniform for ddim / plms, linspace for the sigma-space samplers)")
     p.add_argument("--karras", action="store_true", help="Karras sigmas (euler, euler_a, heun, dpmpp_2m)")
+    p.add_argument("--order", type=int, default=None, choices=(2, 3, 4),
+                   help="plms: highest multistep order (default 4, the original; 2 stays stable at high guidance)")
     p.add_argument("--guidance", type=nonnegative_float, default=3.0, help="classifier-free guidance scale (1 = off)")
     _add_guidance_args(p)
     _add_classifier_args(p)

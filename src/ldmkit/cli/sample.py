@@ -113,7 +113,8 @@ def _stack(items: list[dict]) -> dict:
 
 def sample_options(args: argparse.Namespace) -> dict:
     """Sampler options given on the command line (only those given: each sampler keeps its defaults)."""
-    options = {k: v for k, v in (("eta", args.eta), ("spacing", args.spacing)) if v is not None}
+    options = {k: v for k, v in (("eta", args.eta), ("spacing", args.spacing), ("order", args.order))
+               if v is not None}
     if args.karras:
         options["karras"] = True
     check_options(args.sampler, options)  # unknown names and options fail before the checkpoint loads

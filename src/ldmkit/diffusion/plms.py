@@ -10,11 +10,17 @@ the current and up to three previous model outputs:
 and the first step is a pseudo improved Euler step (e_t + e_next) / 2, with e_next evaluated at the
 DDIM step's result and the next timestep: N + 1 model calls for N steps. diffusers'
 ``PNDMScheduler(skip_prk_steps=True)`` is the same sampler.
+
+``order`` caps the multistep order (4: the original; 2: at most one previous output). Adams-Bashforth
+of order 4 is stable only for step x slope up to ~0.3 on the negative real axis (order 2: 1, DDIM's
+Euler step: 2), and classifier-free guidance multiplies the slope of a sharp conditional by ~(1 + w):
+at high guidance the 4th-order combination overshoots and blotches the image (docs/results.md, issue 23).
 """
 from __future__ import annotations
 
 from torch import Tensor
 
+from ldmkit.config import ConfigError
 from ldmkit.diffusion import noise as noise_lib
 from ldmkit.diffusion.parameterization import model_output_to_eps_x0, q_sample
 from ldmkit.diffusion.samplers import Callback, DenoiseFn, _coef, _ddim_alphas, _full_t, ddim_timesteps, start_step
@@ -26,9 +32,12 @@ _AB = {1: ((3, -1), 2), 2: ((23, -16, 5), 12), 3: ((55, -59, 37, -9), 24)}
 
 def sample_plms(denoise_fn: DenoiseFn, x_T: Tensor, schedule: Schedule, *, steps: int | None = 50,
                 generator: noise_lib.Generators = None, callback: Callback = None, spacing: str = "uniform",
-                x_init: Tensor | None = None, strength: float = 1.0) -> Tensor:
+                x_init: Tensor | None = None, strength: float = 1.0, order: int = 4) -> Tensor:
     """PLMS on the DDIM timesteps of ``spacing`` (default: the original's "uniform"). Deterministic:
-    ``generator`` is unused. ``x_init`` / ``strength``: img2img, as :func:`~.samplers.sample_ddim`."""
+    ``generator`` is unused. ``x_init`` / ``strength``: img2img, as :func:`~.samplers.sample_ddim`.
+    ``order`` (2, 3 or 4): the highest Adams-Bashforth order used (see the module docstring)."""
+    if order not in (2, 3, 4):
+        raise ConfigError(f"order: PLMS takes 2, 3 or 4, got {order!r}")
     ts = ddim_timesteps(schedule.timesteps, 50 if steps is None else steps, spacing)
     a, a_prev = _ddim_alphas(schedule, ts)
     k = start_step(len(ts), x_T, x_init, strength)
@@ -56,7 +65,7 @@ def sample_plms(denoise_fn: DenoiseFn, x_T: Tensor, schedule: Schedule, *, steps
             weights, denom = _AB[len(old_eps)]
             e_prime = sum(w * e for w, e in zip(weights, [e_t, *old_eps[::-1]])) / denom
         x, x0 = ddim_step(x, e_prime, i)
-        old_eps = (old_eps + [e_t])[-3:]
+        old_eps = (old_eps + [e_t])[-(order - 1):]
         if callback is not None:
             callback(step_index, int(ts[i]), x, x0)
     return x
