@@ -183,13 +183,14 @@ def write_prior_folder(base: Path, out: Path, captions: list[str], guidance: flo
 
 
 def fine_tune(base: Path, data: Path, out: Path, variant: str, steps: int, lr: float | None, extra: list[str]) -> dict:
-    """Run ``ldmkit fine-tune`` for ``variant`` ("loraR" or "full", "+prior": with OUT/prior as prior images);
-    returns the command and its wall time."""
+    """Run ``ldmkit fine-tune`` for ``variant`` ("loraR" or "full"; "+prior" / "+priorW": with OUT/prior as prior
+    images, prior weight 1 / W); returns the command and its wall time."""
     run_dir = out / variant
     mode, _, prior = variant.partition("+")
     mode = ["--full"] if mode == "full" else ["--lora", mode.removeprefix("lora")]
     if prior:
-        extra = [*extra, f"train.prior_data={out / 'prior'}", "train.prior_weight=1.0"]
+        weight = float(prior.removeprefix("prior") or 1.0)
+        extra = [*extra, f"train.prior_data={out / 'prior'}", f"train.prior_weight={weight}"]
     default_lr = 1e-4 if mode == ["--full"] else 1e-3
     cmd = [sys.executable, "-m", "ldmkit", "fine-tune", str(base), str(data), *mode, f"train.steps={steps}",
            f"train.lr={lr or default_lr}", f"train.out_dir={run_dir}", *extra]
@@ -207,7 +208,7 @@ def main() -> None:
     ap.add_argument("--images", type=int, default=300, help="images in the concept folder")
     ap.add_argument("--prompts", type=int, default=200, help="held-out new-concept captions scored")
     ap.add_argument("--old", type=int, default=300, help="old-concept test captions scored")
-    ap.add_argument("--variants", default="lora8,full", help="comma list of loraR / full, +prior: with prior images")
+    ap.add_argument("--variants", default="lora8,full", help="comma list of loraR / full, +prior[W]: with prior images (weight W, default 1)")
     ap.add_argument("--prior", type=int, default=300, help="prior images (the base's samples of old train captions)")
     ap.add_argument("--steps", type=int, default=600)
     ap.add_argument("--lr", type=float, default=None, help="default 1e-3 for LoRA, 1e-4 for full")

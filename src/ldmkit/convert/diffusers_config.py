@@ -324,7 +324,7 @@ def schedule_config_to_diffusers(cfg: ScheduleConfig) -> dict[str, Any]:
             "beta_end": cfg.linear_end, "beta_schedule": SCHEDULES[cfg.beta_schedule], "trained_betas": None,
             "clip_sample": False, "set_alpha_to_one": False, "steps_offset": 1, "timestep_spacing": "leading",
             "prediction_type": PREDICTIONS[cfg.parameterization], "thresholding": False,
-            "rescale_betas_zero_snr": False}
+            "rescale_betas_zero_snr": cfg.zero_terminal_snr}
 
 
 def schedule_config_from_diffusers(d: dict[str, Any], where: str = "scheduler/scheduler_config.json") -> ScheduleConfig:
@@ -332,8 +332,6 @@ def schedule_config_from_diffusers(d: dict[str, Any], where: str = "scheduler/sc
     Sampling settings (clip_sample, steps_offset, spacing) do not belong to the model and are not read."""
     if d.get("trained_betas") is not None:
         raise ConfigError(f"{where}: trained_betas are not supported (name a beta_schedule)")
-    if d.get("rescale_betas_zero_snr", False):
-        raise ConfigError(f"{where}: rescale_betas_zero_snr=true is not supported")
     by_name = {v: k for k, v in SCHEDULES.items()}
     schedule = d.get("beta_schedule", "linear")
     if schedule not in by_name:
@@ -345,4 +343,4 @@ def schedule_config_from_diffusers(d: dict[str, Any], where: str = "scheduler/sc
     return _build(ScheduleConfig, dict(
         timesteps=int(d.get("num_train_timesteps", 1000)), beta_schedule=by_name[schedule],
         linear_start=float(d.get("beta_start", 1e-4)), linear_end=float(d.get("beta_end", 2e-2)),
-        parameterization=pred[prediction]), where)
+        parameterization=pred[prediction], zero_terminal_snr=bool(d.get("rescale_betas_zero_snr", False))), where)

@@ -26,9 +26,15 @@ DenoiseFn = Callable[[Tensor, Tensor], Tensor]
 _SNAP = 1e-6
 
 
+# A zero-terminal-SNR schedule's last abar (0, sigma infinite) is read as this, as diffusers' sigma-space
+# schedulers do (sigma_max ~ 4096)
+ZERO_SNR_ABAR = 2.0 ** -24
+
+
 def schedule_sigmas(schedule: Schedule) -> Tensor:
     """sigma_t = sqrt((1 - abar_t) / abar_t) for t = 0..T-1, float64, increasing."""
-    abar = schedule.alphas_cumprod
+    abar = schedule.alphas_cumprod.clamp_min(ZERO_SNR_ABAR) if schedule.alphas_cumprod[-1] == 0 else \
+        schedule.alphas_cumprod
     return ((1 - abar) / abar).sqrt()
 
 

@@ -41,6 +41,10 @@ def sample_plms(denoise_fn: DenoiseFn, x_T: Tensor, schedule: Schedule, *, steps
     ts = ddim_timesteps(schedule.timesteps, 50 if steps is None else steps, spacing)
     a, a_prev = _ddim_alphas(schedule, ts)
     k = start_step(len(ts), x_T, x_init, strength)
+    if k and a[k - 1] == 0:  # its steps read x_0 from eps, which says nothing about x_0 at zero signal
+        raise ConfigError(f"plms: the run starts at t = {int(ts[k - 1])}, where this zero-terminal-SNR schedule has "
+                          "no signal; use ddim, ddpm, euler, euler_a, heun or dpmpp_2m, or a spacing that starts "
+                          "below the last timestep")
     if k == 0:
         return x_init.clone()
     x = x_T if x_init is None else q_sample(schedule, x_init, _full_t(ts[k - 1], x_T), x_T)

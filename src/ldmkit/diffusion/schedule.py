@@ -45,6 +45,10 @@ class ScheduleConfig:
     ``linear`` is the LDM / Stable Diffusion schedule, sqrt-spaced between ``linear_start`` and
     ``linear_end`` (diffusers' "scaled_linear"); ``sqrt_linear`` is the plain DDPM linspace.
     ``v_posterior`` interpolates the reverse variance between beta_tilde (0) and beta (1).
+    ``zero_terminal_snr`` rescales the betas so that abar_{T-1} = 0 (Lin et al. 2024, "Common diffusion noise
+    schedules and sample steps are flawed", Algorithm 1; diffusers' ``rescale_betas_zero_snr``): the last
+    training step then sees pure noise, as sampling starts from it. It needs v prediction: eps
+    carries no information about x_0 where the signal is zero (and x0 none about eps).
     """
 
     timesteps: int = 1000
@@ -54,6 +58,7 @@ class ScheduleConfig:
     cosine_s: float = 8e-3
     parameterization: Parameterization = "eps"
     v_posterior: float = 0.0
+    zero_terminal_snr: bool = False
 
     def __post_init__(self) -> None:
         require(isinstance(self.timesteps, int) and self.timesteps >= 2, "timesteps", "must be an integer >= 2")
@@ -65,14 +70,23 @@ class ScheduleConfig:
         require(self.parameterization in get_args(Parameterization), "parameterization",
                 f"expected one of {list(get_args(Parameterization))}, got {self.parameterization!r}")
         require(0.0 <= self.v_posterior <= 1.0, "v_posterior", f"must be in [0, 1], got {self.v_posterior}")
+        require(isinstance(self.zero_terminal_snr, bool), "zero_terminal_snr", "must be true or false")
+        require(not self.zero_terminal_snr or self.parameterization == "v", "zero_terminal_snr",
+                "needs parameterization v (eps and x0 outputs give no eps / x_0 pair at zero signal)")
 
 
 def make_betas(cfg: ScheduleConfig) -> np.ndarray:
-    """The beta_t of ``cfg`` as a float64 array of length T, as in the original ``make_beta_schedule``.
+    """The beta_t of ``cfg`` as a float64 array of length T, as in the original ``make_beta_schedule``,
+    rescaled to a zero terminal SNR when ``cfg.zero_terminal_snr`` (:func:`rescale_zero_terminal_snr`).
 
     ``cosine`` is the improved-DDPM schedule (Nichol & Dhariwal 2021, eq. 17):
     abar(t) = cos^2(((t/T + s) / (1 + s)) * pi/2) / abar(0), beta_t = 1 - abar(t+1)/abar(t), clipped at 0.999.
     """
+    betas = _base_betas(cfg)
+    return rescale_zero_terminal_snr(betas) if cfg.zero_terminal_snr else betas
+
+
+def _base_betas(cfg: ScheduleConfig) -> np.ndarray:
     n = cfg.timesteps
     if cfg.beta_schedule == "linear":
         return np.linspace(math.sqrt(cfg.linear_start), math.sqrt(cfg.linear_end), n, dtype=np.float64) ** 2
@@ -84,6 +98,16 @@ def make_betas(cfg: ScheduleConfig) -> np.ndarray:
     abar = np.cos(steps / (1 + cfg.cosine_s) * math.pi / 2) ** 2
     abar = abar / abar[0]
     return np.clip(1.0 - abar[1:] / abar[:-1], 0.0, 0.999)
+
+
+def rescale_zero_terminal_snr(betas: np.ndarray) -> np.ndarray:
+    """Lin et al. 2024, Algorithm 1: shift sqrt(abar) so its last value is 0 and scale it so its first is kept,
+    then read the betas back (the last one is 1)."""
+    root = np.sqrt(np.cumprod(1.0 - betas))
+    first, last = root[0], root[-1]
+    abar = ((root - last) * first / (first - last)) ** 2
+    alphas = np.concatenate([abar[:1], abar[1:] / abar[:-1]])
+    return 1.0 - alphas
 
 
 class Schedule:
@@ -120,7 +144,14 @@ class Schedule:
         abar = np.cumprod(alphas)
         abar_prev = np.append(1.0, abar[:-1])
         posterior_variance = (1 - v) * betas * (1 - abar_prev) / (1 - abar) + v * betas
-        tables = {
+        with np.errstate(divide="ignore"):  # zero terminal SNR: 1 / abar_{T-1} is inf, as it should be
+            tables = self._tables(betas, alphas, abar, abar_prev, posterior_variance)
+        for name in TABLES:
+            setattr(self, name, torch.from_numpy(tables[name]))
+
+    @staticmethod
+    def _tables(betas, alphas, abar, abar_prev, posterior_variance) -> dict[str, np.ndarray]:
+        return {
             "betas": betas,
             "alphas": alphas,
             "alphas_cumprod": abar,
@@ -136,8 +167,6 @@ class Schedule:
             "posterior_mean_coef1": betas * np.sqrt(abar_prev) / (1.0 - abar),
             "posterior_mean_coef2": (1.0 - abar_prev) * np.sqrt(alphas) / (1.0 - abar),
         }
-        for name in TABLES:
-            setattr(self, name, torch.from_numpy(tables[name]))
 
     def extract(self, name_or_tensor: str | Tensor, t: Tensor, x_shape: Sequence[int] | Tensor,
                 dtype: torch.dtype | None = None) -> Tensor:
