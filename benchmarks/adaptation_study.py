@@ -182,9 +182,11 @@ def write_prior_folder(base: Path, out: Path, captions: list[str], guidance: flo
     return out
 
 
-def fine_tune(base: Path, data: Path, out: Path, variant: str, steps: int, lr: float | None, extra: list[str]) -> dict:
+def fine_tune(base: Path, data: Path, out: Path, variant: str, steps: int, lr: float | None, extra: list[str],
+              reuse: bool = False) -> dict:
     """Run ``ldmkit fine-tune`` for ``variant`` ("loraR" or "full"; "+prior" / "+priorW": with OUT/prior as prior
-    images, prior weight 1 / W); returns the command and its wall time."""
+    images, prior weight 1 / W); returns the command and its wall time. ``reuse``: keep a finished run's
+    pipeline (written atomically at the end, so its presence means the run completed)."""
     run_dir = out / variant
     mode, _, prior = variant.partition("+")
     mode = ["--full"] if mode == "full" else ["--lora", mode.removeprefix("lora")]
@@ -194,6 +196,9 @@ def fine_tune(base: Path, data: Path, out: Path, variant: str, steps: int, lr: f
     default_lr = 1e-4 if mode == ["--full"] else 1e-3
     cmd = [sys.executable, "-m", "ldmkit", "fine-tune", str(base), str(data), *mode, f"train.steps={steps}",
            f"train.lr={lr or default_lr}", f"train.out_dir={run_dir}", *extra]
+    if reuse and (run_dir / "pipeline.safetensors").exists():
+        print(f"{variant}: reusing {run_dir / 'pipeline.safetensors'}", flush=True)
+        return {"command": " ".join(cmd[2:]), "seconds": "reused", "pipeline": str(run_dir / "pipeline.safetensors")}
     t0 = time.time()
     subprocess.run(cmd, check=True)
     return {"command": " ".join(cmd[2:]), "seconds": round(time.time() - t0, 1), "pipeline": str(run_dir / "pipeline.safetensors")}
@@ -214,6 +219,7 @@ def main() -> None:
     ap.add_argument("--lr", type=float, default=None, help="default 1e-3 for LoRA, 1e-4 for full")
     ap.add_argument("--guidance", type=float, default=3.0)
     ap.add_argument("--batch", type=int, default=100)
+    ap.add_argument("--reuse", action="store_true", help="keep fine-tuned pipelines already under --out")
     ap.add_argument("overrides", nargs="*", help="more fine-tune overrides, e.g. train.lora_feed_forward=true")
     args = ap.parse_intermixed_args()  # overrides may follow the options
 
@@ -233,7 +239,7 @@ def main() -> None:
     rows = {}
     for label in ["base", *filter(None, args.variants.split(","))]:
         row = {"pipeline": str(args.base)} if label == "base" else \
-            fine_tune(args.base, data, args.out, label, args.steps, args.lr, args.overrides)
+            fine_tune(args.base, data, args.out, label, args.steps, args.lr, args.overrides, args.reuse)
         path = Path(row["pipeline"])
         row["new"] = cached_score(args.out, f"{label}-new", path, new, detector, args.guidance, args.batch)
         row["old"] = cached_score(args.out, f"{label}-old", path, old, detector, args.guidance, args.batch)

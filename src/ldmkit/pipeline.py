@@ -28,6 +28,7 @@ from .nn import ConditionerConfig, UNetConfig, UNetModel, build_conditioner, reu
 from .nn.concat import ConcatConfig
 from .nn.inference import inference_dtype, prepare_inference
 from .nn.noisy_classifier import load_noisy_classifier
+from .nn.prompt_weights import chunk_count, encode_weighted
 from .nn.spatial import SpatialRescaler, box_map, one_hot_map
 from .pipeline_inputs import CallInputs, gather_inputs
 from .weights import load_release, save_release
@@ -191,27 +192,41 @@ class Pipeline(nn.Module):
         return out
 
     def condition(self, values: Any = None, concat_inputs: dict[str, torch.Tensor] | None = None,
-                  latent_hw: tuple[int, int] | None = None) -> dict[str, torch.Tensor] | None:
-        """Conditioner inputs -> the UNet's keyword inputs: {"context": (B, T, D), "concat": (B, C, h, w)}."""
+                  latent_hw: tuple[int, int] | None = None,
+                  context: torch.Tensor | None = None) -> dict[str, torch.Tensor] | None:
+        """Conditioner inputs -> the UNet's keyword inputs: {"context": (B, T, D), "concat": (B, C, h, w)};
+        a given ``context`` (e.g. :meth:`weighted_contexts`) stands for the conditioner's output."""
         cond = {}
         if self.conditioner is not None:
             if values is None:
                 raise ValueError(f"this pipeline is conditioned on {self.input_key!r}: pass it")
-            cond["context"] = self.conditioner(values)
+            cond["context"] = self.conditioner(values) if context is None else context
         if self.cfg.concat.kind != "none":
             cond["concat"] = self.concat_condition(concat_inputs or {}, latent_hw or self.cfg.latent_shape[1:])
         return cond or None
 
-    def uncondition(self, n: int, cond: dict[str, torch.Tensor] | None = None,
-                    negative: Any = None) -> dict[str, torch.Tensor] | None:
+    def uncondition(self, n: int, cond: dict[str, torch.Tensor] | None = None, negative: Any = None,
+                    context: torch.Tensor | None = None) -> dict[str, torch.Tensor] | None:
         """The guidance baseline: the null (or negative) context; a concat map is kept (it is not guided)."""
         if self.conditioner is None:
             return None
         values = negative if negative is not None else self.conditioner.null(n, self.device)
-        out = {"context": self.conditioner(values)}
+        out = {"context": self.conditioner(values) if context is None else context}
         if cond is not None and "concat" in cond:
             out["concat"] = cond["concat"]
         return out
+
+    def weighted_contexts(self, prompts: Sequence[str], negatives: Sequence[str] | None) -> tuple[torch.Tensor, torch.Tensor]:
+        """Prompts and negative prompts (None: the null caption) in the web UIs' syntax, ``(word:1.3)``, ``[word]``,
+        and beyond the encoder's window (:mod:`ldmkit.nn.prompt_weights`): (context, negative context), both
+        padded to the same number of chunks so one guided batch holds them."""
+        if not hasattr(self.conditioner, "encode_chunks"):
+            raise ConfigError(f"prompt_weighting: needs a text-conditional pipeline (conditioner.kind is "
+                              f"{self.cfg.conditioner.kind})")
+        negatives = list(negatives) if negatives is not None else self.conditioner.null(len(prompts))
+        k = max(chunk_count(self.conditioner, p) for p in [*prompts, *negatives])
+        return (encode_weighted(self.conditioner, list(prompts), k),
+                encode_weighted(self.conditioner, negatives, k))
 
     def model_fn(self, x: torch.Tensor, t: torch.Tensor, cond: dict[str, torch.Tensor] | None) -> torch.Tensor:
         """The UNet with conditioning routed: ``concat`` joins the input channels, ``context`` goes to cross-attention."""
@@ -328,7 +343,7 @@ class Pipeline(nn.Module):
                  generator: torch.Generator | None = None, seeds: Sequence[int] | None = None, strength: float | None = None,
                  latents: torch.Tensor | None = None, output_type: str = "pil", decode_tile: int | None = None,
                  classifier: nn.Module | str | Path | None = None, classifier_scale: float = 1.0,
-                 **options) -> list | torch.Tensor:
+                 prompt_weighting: bool = False, **options) -> list | torch.Tensor:
         """Sample images. ``seeds`` gives image k its own generator, so it can be regenerated alone, with
         any sampler and in any batch.
 
@@ -353,6 +368,9 @@ class Pipeline(nn.Module):
         towards ``class_labels`` with strength ``classifier_scale`` (0 = off; the original LDM's ImageNet
         figure used 10), combined with ``guidance_scale``; each model call adds one classifier forward and
         backward pass.
+
+        ``prompt_weighting``: read prompts and negative prompts in the web UIs' syntax (``(word:1.3)``, ``(word)``,
+        ``[word]``) and encode prompts longer than the text encoder's window in chunks (:meth:`weighted_contexts`).
         """
         dev = self.device
         inputs = gather_inputs(self.cfg, dev, class_labels=class_labels, prompt=prompt,
@@ -369,8 +387,11 @@ class Pipeline(nn.Module):
             noise = latents.to(dev)
         else:
             noise = randn(shape, generator, device=dev)
-        cond = self.condition(inputs.values, inputs.concat, (h, w))
-        uncond = self.uncondition(n, cond, inputs.negative) if self.conditioner is not None else None
+        context = negative_context = None
+        if prompt_weighting:
+            context, negative_context = self.weighted_contexts(inputs.values, inputs.negative)
+        cond = self.condition(inputs.values, inputs.concat, (h, w), context)
+        uncond = self.uncondition(n, cond, inputs.negative, negative_context) if self.conditioner is not None else None
         if isinstance(classifier, (str, Path)):
             classifier = load_noisy_classifier(classifier)
         if classifier is not None:

@@ -71,6 +71,25 @@ def test_text_model_takes_a_prompt_and_negative_prompt(serve, models):
     np.testing.assert_array_equal(np.asarray(Image.open(io.BytesIO(png))), to_uint8(ref[0]))
 
 
+def test_prompt_weighting_equals_the_pipeline_and_broken_brackets_are_named(serve, models):
+    srv = serve()
+    req = {"model": "text", "prompt": "a (red:1.4) circle, [blue]", "negative_prompt": "(square)", "steps": 2,
+           "seed": 3, "size": 64, "guidance": 5.0, "prompt_weighting": True}
+    status, job, _ = call(f"{srv.url}/api/jobs", "POST", req)
+    assert status == 202, job
+    job = wait_done(srv.url, job["id"])
+    assert job["status"] == "done", job
+    ref = models["text"](prompt="a (red:1.4) circle, [blue]", negative_prompt="(square)", seeds=[3], height=64,
+                         width=64, num_inference_steps=2, guidance_scale=5.0, prompt_weighting=True, output_type="pt")
+    _, png, _ = call(f"{srv.url}/{job['images'][0]}")
+    img = Image.open(io.BytesIO(png))
+    np.testing.assert_array_equal(np.asarray(img), to_uint8(ref[0]))
+    assert json.loads(img.text["ldmkit"])["prompt_weighting"] is True
+    for field in ("prompt", "negative_prompt"):
+        got, body, _ = call(f"{srv.url}/api/jobs", "POST", {**req, field: "a (red circle"})
+        assert (got, body["field"]) == (422, field) and "column 3" in body["error"], body
+
+
 def _gif_b64() -> str:
     buf = io.BytesIO()
     Image.new("RGB", (32, 32)).save(buf, format="GIF")
@@ -92,6 +111,7 @@ def _gif_b64() -> str:
     ({"class_label": "seven"}, 422, "class_label"),
     ({"class_label": None}, 422, "class_label"),      # a class model needs its class
     ({"prompt": "a cat"}, 422, "prompt"),             # ... and takes no prompt
+    ({"prompt_weighting": True}, 422, "prompt_weighting"),
     ({"sampler": "warp_drive"}, 422, "sampler"),
     ({"sampler": "ddpm", "steps": 30}, 422, "steps"),   # DDPM runs every one of the 100 steps
     ({"strength": 0.5}, 422, "strength"),             # img2img strength without an image

@@ -126,6 +126,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--n", type=positive_int, default=8, help="images per class or per condition (or in all, when unconditional)")
     p.add_argument("--prompt", action="append", default=None, help="caption (repeatable), text-to-image models")
     p.add_argument("--negative-prompt", default=None, help="caption to guide away from (replaces the empty caption)")
+    p.add_argument("--prompt-weighting", action="store_true",
+                   help="read (word:1.3), (word), [word] in prompts as the web UIs do, and encode prompts longer "
+                        "than the text encoder's window (77 tokens for CLIP) in chunks")
     p.add_argument("--boxes", default=None,
                    help='layout as JSON: [[class, x0, y0, x1, y1], ...] (class id or name, corners in [0, 1])')
     p.add_argument("--segmentation", default=None, help="semantic map PNG (pixel value = class id)")

@@ -83,8 +83,9 @@ def condition_inputs(args: argparse.Namespace, pipe) -> list[dict]:
         if not args.prompt:
             raise ValueError("this is a text-to-image model: pass --prompt TEXT")
         per = [{"prompt": p} for p in args.prompt]
-    elif args.prompt or args.negative_prompt:
-        raise ValueError(f"--prompt given, but this model is not text-conditional (conditioner: {cond.kind})")
+    elif args.prompt or args.negative_prompt or args.prompt_weighting:
+        raise ValueError(f"--prompt / --negative-prompt / --prompt-weighting given, but this model is not "
+                         f"text-conditional (conditioner: {cond.kind})")
     if cond.kind != "layout" and pipe.cfg.concat.kind != "boxes" and args.boxes:
         raise ValueError(f"--boxes given, but this model is not a layout model (conditioner: {cond.kind})")
     if cond.kind == "layout":
@@ -147,7 +148,8 @@ def sample_command(args: argparse.Namespace) -> None:
     settings = {"checkpoint": str(args.checkpoint), "sampler": sampler_name(args.sampler), "steps": args.steps,
                 "guidance": args.guidance, "precision": args.precision,
                 **guidance_record(pipe.guidance_settings(args.guidance_rescale, args.guidance_interval)),
-                **text, **({"lora": args.lora} if args.lora else {}), **options}
+                **text, **({"lora": args.lora} if args.lora else {}),
+                **({"prompt_weighting": True} if args.prompt_weighting else {}), **options}
     if guide:
         settings |= {"classifier": str(args.classifier), "classifier_scale": args.classifier_scale}
     images = []
@@ -157,7 +159,7 @@ def sample_command(args: argparse.Namespace) -> None:
         x = pipe(**_stack(chunk), num_inference_steps=args.steps, guidance_scale=args.guidance,
                  guidance_rescale=args.guidance_rescale, guidance_interval=args.guidance_interval, sampler=args.sampler,
                  seeds=seeds, height=args.size, width=args.size, output_type="pt", decode_tile=args.decode_tile,
-                 **guide, **options)
+                 prompt_weighting=args.prompt_weighting, **guide, **options)
         for k, (img, seed, item) in enumerate(zip(x, seeds, chunk)):
             meta = settings | {"seed": seed}
             if "class_labels" in item:

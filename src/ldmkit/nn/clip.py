@@ -104,3 +104,18 @@ class ClipTextConditioner(Conditioner):
 
     def null(self, n: int, device: torch.device | str | None = None) -> list[str]:
         return [""] * n
+
+    # prompt weighting and long prompts (nn/prompt_weights.py)
+    def content_ids(self, text: str) -> list[int]:
+        return self.tokenizer.content_ids(text)
+
+    def encode_chunks(self, contents) -> Tensor:
+        tok = self.tokenizer
+        ids = torch.full((len(contents), self.max_length), tok.pad_id, dtype=torch.long)
+        for i, content in enumerate(contents):
+            row = [tok.bos_id, *content, tok.eos_id]
+            ids[i, :len(row)] = torch.tensor(row)
+        return self.encode_ids(ids).float()  # (N, 77, hidden)
+
+    def project(self, states: Tensor) -> Tensor:
+        return states

@@ -155,6 +155,10 @@ class ClipTokenizer:
         return self._tok(texts, padding="max_length", truncation=True, max_length=self.max_length,
                          return_tensors="pt").input_ids
 
+    def content_ids(self, text: str) -> list[int]:
+        """The ids of ``text`` alone: no start / end tokens, no padding, no truncation."""
+        return self._tok(text, add_special_tokens=False, truncation=False).input_ids
+
     def decode(self, ids: Tensor | Sequence[int]) -> str:
         """Ids of one text -> its (lower-cased) text, without start / end tokens and padding."""
         ids = ids.tolist() if isinstance(ids, Tensor) else list(ids)

@@ -53,6 +53,18 @@ def _as_captions(values: Any) -> list[str]:
     return list(values)
 
 
+def wrap_chunks(contents: Sequence[Sequence[int]], length: int, cls_id: int, sep_id: int,
+                pad_id: int) -> tuple[Tensor, Tensor]:
+    """[CLS] content [SEP] [PAD]... of each content: (ids (N, length) long, attention mask (N, length) bool)."""
+    ids = torch.full((len(contents), length), pad_id, dtype=torch.long)
+    mask = torch.zeros(len(contents), length, dtype=torch.bool)
+    for i, content in enumerate(contents):
+        row = [cls_id, *content, sep_id]
+        ids[i, :len(row)] = torch.tensor(row)
+        mask[i, :len(row)] = True
+    return ids, mask
+
+
 class WordPieceTokenizer:
     """BERT-uncased tokenization with the ``tokenizers`` library, padded / truncated to ``max_length``.
 
@@ -88,9 +100,18 @@ class WordPieceTokenizer:
         tok.decoder = decoders.WordPiece(prefix="##")
         # Registering them as special makes decode(skip_special_tokens) drop them; all are already in the vocab.
         tok.add_special_tokens([t for t in SPECIAL_TOKENS if t in self.vocab])
+        self._content = Tokenizer.from_str(tok.to_str())  # the same, without truncation or padding
         tok.enable_truncation(max_length)  # counts [CLS]/[SEP]: the last kept token is always [SEP]
         tok.enable_padding(length=max_length, pad_id=self.pad_id, pad_token="[PAD]")
         self._tok = tok
+
+    def content_ids(self, text: str) -> list[int]:
+        """The ids of ``text`` alone: no [CLS] / [SEP], no padding, no truncation."""
+        return self._content.encode(text, add_special_tokens=False).ids
+
+    def wrap(self, contents: Sequence[Sequence[int]]) -> tuple[Tensor, Tensor]:
+        """Contents (each at most max_length - 2 ids) -> (ids, attention mask) (N, max_length), as __call__ gives."""
+        return wrap_chunks(contents, self.max_length, self.cls_id, self.sep_id, self.pad_id)
 
     def __call__(self, texts: str | Sequence[str]) -> tuple[Tensor, Tensor]:
         """(input_ids (B, max_length) long, attention_mask (B, max_length) bool: True at real tokens)."""
@@ -195,8 +216,25 @@ class TextConditioner(Conditioner):
 
     def forward(self, captions: Sequence[str]) -> Tensor:
         ids, mask = self.tokenizer(_as_captions(captions))  # (B, T) each, on the CPU
+        return self._encode(ids, mask)
+
+    def _encode(self, ids: Tensor, mask: Tensor) -> Tensor:
         device = self.transformer.token_emb.weight.device
         return self.transformer(ids.to(device), mask.to(device))  # (B, T, D)
+
+    # prompt weighting and long prompts (nn/prompt_weights.py)
+    @property
+    def max_length(self) -> int:
+        return self.tokenizer.max_length
+
+    def content_ids(self, text: str) -> list[int]:
+        return self.tokenizer.content_ids(text)
+
+    def encode_chunks(self, contents) -> Tensor:
+        return self._encode(*self.tokenizer.wrap(contents)).float()
+
+    def project(self, states: Tensor) -> Tensor:
+        return states
 
     def null(self, n: int, device: torch.device | str | None = None) -> list[str]:
         return [""] * n  # captions have no device
@@ -287,6 +325,23 @@ class FrozenTextConditioner(Conditioner):
                                        max_length=self.max_length, return_tensors="pt")
         out = self.encoder(**{k: v.to(device) for k, v in batch.items()}).last_hidden_state  # (B, T, hidden)
         return out.float().cpu()
+
+    # prompt weighting and long prompts (nn/prompt_weights.py): the encoder's states, weighted, then the projection
+    def content_ids(self, text: str) -> list[int]:
+        return self.tokenizer(text, add_special_tokens=False, truncation=False).input_ids
+
+    @torch.no_grad()
+    def encode_chunks(self, contents) -> Tensor:
+        tok, device = self.tokenizer, self._probe.device
+        if next(self.encoder.parameters()).device != device:
+            self.encoder.to(device)
+        ids, mask = wrap_chunks(contents, self.max_length, tok.cls_token_id, tok.sep_token_id, tok.pad_token_id)
+        out = self.encoder(input_ids=ids.to(device), attention_mask=mask.long().to(device)).last_hidden_state
+        return out.float()  # (N, max_length, hidden)
+
+    def project(self, states: Tensor) -> Tensor:
+        x = states.to(self._probe.device, self._probe.dtype)
+        return self.proj(x) if self.proj is not None else x
 
     def _remember(self, captions: Sequence[str], embeddings: Tensor) -> None:
         for c, e in zip(captions, embeddings):

@@ -20,6 +20,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from ..diffusion import check_options, sampler_name
 from ..imageio import from_pil
+from ..nn.prompt_weights import PromptSyntaxError, parse_prompt
 from ..pipeline_inputs import gather_inputs
 from .models import ModelEntry
 
@@ -75,6 +76,8 @@ class GenerateRequest(BaseModel):
     model: str
     prompt: str | None = None
     negative_prompt: str | None = None
+    prompt_weighting: bool = Field(False, description="read (word:1.3), (word), [word] in the prompts and encode "
+                                   "prompts beyond the text encoder's window in chunks")
     class_label: int | str | None = Field(None, description="class index or name (class-conditional models)")
     boxes: list[Box] | None = Field(None, description="layout models: objects with corners in [0, 1]")
     image: str | None = Field(None, description="base64 image: img2img start, or the image to inpaint with mask")
@@ -179,6 +182,15 @@ def call_arguments(req: GenerateRequest, entry: ModelEntry, limits: ServeLimits)
         kw["prompt"] = req.prompt
     if req.negative_prompt:
         kw["negative_prompt"] = req.negative_prompt
+    if req.prompt_weighting:
+        if not caps["text"]:
+            raise RequestError("prompt_weighting", f"model {caps['name']} does not take prompts")
+        for field in ("prompt", "negative_prompt"):
+            try:  # a broken bracket is named before the job waits in the queue
+                parse_prompt(getattr(req, field) or "")
+            except PromptSyntaxError as e:
+                raise RequestError(field, str(e).split(": ", 1)[-1]) from None
+        kw["prompt_weighting"] = True
     if req.class_label is not None:
         kw["class_labels"] = [_class_index(req.class_label, caps["class_names"], "class_label")]
     if req.boxes is not None:
@@ -219,7 +231,8 @@ def call_arguments(req: GenerateRequest, entry: ModelEntry, limits: ServeLimits)
     seed = req.seed if req.seed is not None else int(torch.randint(0, 2**31 - 1 - limits.max_n, (1,)))
     kw["seeds"] = [seed + k for k in range(req.n)]
     try:  # the pipeline's own checks (batching, sizes), before the job waits in the queue
-        inputs = gather_inputs(entry.pipe.cfg, "cpu", **{k: v for k, v in kw.items() if k != "strength"})
+        inputs = gather_inputs(entry.pipe.cfg, "cpu", **{k: v for k, v in kw.items()
+                                                      if k not in ("strength", "prompt_weighting")})
         entry.pipe.latent_size(inputs, req.size, req.size)
     except ValueError as e:
         message = str(e)
@@ -239,6 +252,8 @@ def settings_record(req: GenerateRequest, kw: dict[str, Any]) -> dict[str, Any]:
     for field in ("prompt", "negative_prompt", "class_label", "strength"):
         if getattr(req, field) is not None:
             rec[field] = getattr(req, field)
+    if req.prompt_weighting:
+        rec["prompt_weighting"] = True
     if "boxes" in kw:
         rec["boxes"] = kw["boxes"].tolist()
     rec["uploads"] = [f for f in UPLOADS if getattr(req, f) is not None]
