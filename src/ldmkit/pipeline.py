@@ -28,7 +28,7 @@ from .nn import ConditionerConfig, UNetConfig, UNetModel, build_conditioner, reu
 from .nn.concat import ConcatConfig
 from .nn.inference import inference_dtype, prepare_inference
 from .nn.noisy_classifier import load_noisy_classifier
-from .nn.prompt_weights import chunk_count, encode_weighted
+from .nn.prompt_weights import encode_weighted
 from .nn.spatial import SpatialRescaler, box_map, one_hot_map
 from .pipeline_inputs import CallInputs, gather_inputs
 from .weights import load_release, save_release
@@ -224,9 +224,8 @@ class Pipeline(nn.Module):
             raise ConfigError(f"prompt_weighting: needs a text-conditional pipeline (conditioner.kind is "
                               f"{self.cfg.conditioner.kind})")
         negatives = list(negatives) if negatives is not None else self.conditioner.null(len(prompts))
-        k = max(chunk_count(self.conditioner, p) for p in [*prompts, *negatives])
-        return (encode_weighted(self.conditioner, list(prompts), k),
-                encode_weighted(self.conditioner, negatives, k))
+        both = encode_weighted(self.conditioner, [*prompts, *negatives])  # one chunk count for both halves
+        return both[:len(prompts)], both[len(prompts):]
 
     def model_fn(self, x: torch.Tensor, t: torch.Tensor, cond: dict[str, torch.Tensor] | None) -> torch.Tensor:
         """The UNet with conditioning routed: ``concat`` joins the input channels, ``context`` goes to cross-attention."""

