@@ -78,6 +78,19 @@ def test_attention_bf16_training_path_matches_sdpa_and_keeps_no_probabilities():
         torch.testing.assert_close(attention(q, k, v), torch.nn.functional.scaled_dot_product_attention(q, k, v))
 
 
+def test_attention_bf16_training_long_self_attention_goes_to_sdpa():
+    # SD's 64x64 latents: 4096 x 4096 scores, where SDPA's fused kernel is faster than two matmuls; short keys
+    # (cross-attention to 77 tokens) keep the matmul path at any query count
+    q = torch.randn(1, 2, 512, 8).bfloat16().requires_grad_()
+    self_out = attention(q, q, q)
+    assert "MatmulAttention" not in type(self_out.grad_fn).__name__
+    ctx = torch.randn(1, 2, 77, 8).bfloat16().requires_grad_()
+    cross_out = attention(q, ctx, ctx)
+    assert "MatmulAttention" in type(cross_out.grad_fn).__name__
+    ref = torch.nn.functional.scaled_dot_product_attention(q.float(), ctx.float(), ctx.float())
+    torch.testing.assert_close(cross_out.float(), ref, rtol=0, atol=0.03)
+
+
 def test_spatial_transformer_position_code_adds_closed_form_code_and_no_parameters():
     torch.manual_seed(0)
     plain = SpatialTransformer(16, heads=2, dim_head=8, context_dim=6)

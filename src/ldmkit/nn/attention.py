@@ -50,13 +50,17 @@ def attention(q: Tensor, k: Tensor, v: Tensor, upcast: bool = False) -> Tensor:
     ``F.scaled_dot_product_attention``, except for half-precision training on a CPU (bf16 autocast): there the
     flash kernel's backward is 2-7x slower than matmuls at UNet sizes (8 heads of 32-64 channels, 64-256 queries,
     64-256 or 77 keys, batch 8, 2 threads: fwd + bwd 21 -> 14 ms for a ds-2 self-attention, 19 -> 8 ms for its
-    cross-attention, 7-10 -> 2-3 ms at ds 4), ~9 % of a bf16 training step; ``MatmulAttention`` keeps SDPA's memory. Its probabilities
+    cross-attention, 7-10 -> 2-3 ms at ds 4), ~9 % of a bf16 training step; ``MatmulAttention`` keeps SDPA's memory. Only
+    for short keys (cross-attention, M <= 128) or small score matrices (N M <= 2^16): at SD's 64x64 latents the
+    4096 x 4096 self-attention is 1.7x faster in SDPA (fwd + bwd, 8 heads of 40, bf16: 503 vs 855 ms). Its probabilities
     are rounded to the input dtype before the second matmul, as the original's einsum under autocast. float32
     training (where SDPA is as fast), inference and accelerators keep SDPA.
     """
     if upcast and q.dtype in (torch.float16, torch.bfloat16):
         return F.scaled_dot_product_attention(q.float(), k.float(), v.float()).to(q.dtype)
+    n, m = q.shape[-2], k.shape[-2]
     if (q.device.type == "cpu" and q.dtype in (torch.bfloat16, torch.float16) and q.dtype == k.dtype == v.dtype
+            and (m <= 128 or n * m <= 65536)
             and torch.is_grad_enabled() and (q.requires_grad or k.requires_grad or v.requires_grad)):
         return MatmulAttention.apply(q, k, v, q.shape[-1] ** -0.5)
     return F.scaled_dot_product_attention(q, k, v)
