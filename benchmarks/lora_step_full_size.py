@@ -16,7 +16,7 @@ tower in every step.
 - diffusers: ``UNet2DConditionModel`` / ``CLIPTextModel`` / ``AutoencoderKL.from_pretrained(..., torch_dtype=bf16)``,
   ``unet.add_adapter(LoraConfig(...))``, ``enable_gradient_checkpointing``, ``torch.optim.AdamW``.
 
-Figures: seconds per step (mean of the steps after the first), the process's peak resident set (VmHWM: imports,
+Figures: seconds per step (median of the steps after the first), the process's peak resident set (VmHWM: imports,
 weights, activations, gradients, optimizer state), trainable parameters and optimizer-state bytes. Ratios:
 time diffusers / ldmkit (>= 1: ldmkit as fast or faster) and peak RSS ldmkit / diffusers (<= 1: ldmkit no larger).
 Writes <out>.json and <out>.md.
@@ -27,6 +27,7 @@ import argparse
 import json
 import os
 import platform
+import statistics
 import subprocess
 import sys
 import time
@@ -130,12 +131,12 @@ def child(side: str, single: Path, folder: Path, steps: int, side_px: int) -> di
 
 
 def table(rows: list[dict]) -> str:
-    lines = ["| side | build (s) | step (s, mean after the first) | peak RSS (MiB) | trainable | optimizer state (MiB) |",
+    lines = ["| side | build (s) | step (s, median after the first) | peak RSS (MiB) | trainable | optimizer state (MiB) |",
              "|---|---|---|---|---|---|"]
     mean = {}
     for r in rows:
         later = r["step_s"][1:] or r["step_s"]
-        mean[r["side"]] = sum(later) / len(later)
+        mean[r["side"]] = statistics.median(later)  # the median: one slow step of a noisy machine moves it least
         lines.append(f"| {r['side']} | {r['build_s']:.1f} | {mean[r['side']]:.1f} | {r['peak_rss_mib']:.0f} | "
                      f"{r['trainable']:,} | {r['optimizer_state_mib']:.1f} |")
     by = {r["side"]: r for r in rows}
