@@ -63,7 +63,10 @@ def log_p(clf, z, labels):
 def test_every_sampler_is_guided_and_scale_0_is_unguided(pipe, sampler):
     clf = LinearClassifier().eval()
     labels = [0, 3]
-    kw = dict(num_inference_steps=100 if sampler == "ddpm" else 4, guidance_scale=2.0, sampler=sampler,
+    # UniPC-bh1 (B(h) = -h, the paper's choice for unguided sampling) extrapolates 4 steps of this random UNet
+    # past where the classifier's push shows; it is guided at 8
+    steps = {"ddpm": 100, "unipc_bh1": 8}.get(sampler, 4)
+    kw = dict(num_inference_steps=steps, guidance_scale=2.0, sampler=sampler,
               seeds=[5, 6], output_type="latent")
     plain = pipe(labels, **kw)
     assert torch.equal(pipe(labels, classifier=clf, classifier_scale=0.0, **kw), plain)

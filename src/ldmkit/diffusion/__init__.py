@@ -23,9 +23,13 @@ from ldmkit.diffusion.editing import abar_at, paste_known, reimpose_known
 from ldmkit.diffusion.nfe import count_nfe, steps_for_nfe
 from ldmkit.diffusion.plms import sample_plms
 from ldmkit.diffusion.registry import (SAMPLERS, check_options, get_sampler, option_default, sampler_name,
-                                       sampler_options)
+                                       sampler_options, validate_options)
 from ldmkit.diffusion.samplers import ddim_invert, ddim_timesteps, sample_ddim, sample_ddpm
 from ldmkit.diffusion.samplers_k import sample_dpmpp_2m, sample_euler, sample_euler_ancestral, sample_heun
+from ldmkit.diffusion.samplers_lcm import sample_lcm
+from ldmkit.diffusion.samplers_sde import (sample_dpmpp_2m_sde, sample_dpmpp_2s, sample_dpmpp_2s_ancestral,
+                                          sample_dpmpp_3m_sde)
+from ldmkit.diffusion.samplers_unipc import sample_unipc
 from ldmkit.diffusion.schedule import TABLES, Schedule, ScheduleConfig, make_betas
 from ldmkit.diffusion.timesteps import SPACINGS, karras_sigmas, spaced_timesteps
 
@@ -35,6 +39,8 @@ __all__ = [
     "ddim_invert", "ddim_timesteps", "diffusion_loss", "get_sampler", "get_v", "karras_sigmas", "make_betas",
     "model_output_to_eps_x0", "option_default", "paste_known", "predict_eps_from_v", "predict_eps_from_x0",
     "predict_x0_from_eps", "predict_x0_from_v", "q_posterior", "q_sample", "randint", "randn", "reimpose_known",
-    "sample_ddim", "sample_ddpm", "sample_dpmpp_2m", "sample_euler", "sample_euler_ancestral", "sample_heun",
-    "sample_plms", "sampler_name", "sampler_options", "spaced_timesteps", "steps_for_nfe", "target",
+    "sample_ddim", "sample_ddpm", "sample_dpmpp_2m", "sample_dpmpp_2m_sde", "sample_dpmpp_2s",
+    "sample_dpmpp_2s_ancestral", "sample_dpmpp_3m_sde", "sample_euler", "sample_euler_ancestral", "sample_heun",
+    "sample_lcm", "sample_plms", "sample_unipc", "sampler_name", "sampler_options", "spaced_timesteps",
+    "steps_for_nfe", "target", "validate_options",
 ]
