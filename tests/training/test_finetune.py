@@ -45,3 +45,19 @@ def test_missing_first_stage_is_named(tmp_path):
     cfg = load_config(LDMRunConfig, "tiny/ldm", [f"train.out_dir={tmp_path}", f"first_stage={tmp_path / 'none'}"])
     with pytest.raises(ConfigError, match="first_stage: .* not found"):
         train_ldm(cfg)
+
+
+def test_trainable_patterns_fine_tune_only_the_matching_weights(released, tmp_path):
+    pipe, folder = released
+    cfg = load_config(LDMRunConfig, "tiny/ldm", [f"train.out_dir={tmp_path}", "first_stage=", f"init_from={folder}",
+                                                 "unet.model_channels=8", "train.steps=2", "train.lr=1e-2",
+                                                 "train.ema_decay=0.5", "train.trainable=[attn2]"])
+    tuned, original = Pipeline.load(train_ldm(cfg)), Pipeline.load(pipe)
+    a, b = tuned.unet.state_dict(), original.unet.state_dict()
+    changed = {k for k in a if not torch.allclose(a[k], b[k], atol=1e-7)}
+    assert changed and all("attn2" in k for k in changed), sorted(changed)[:5]
+    with pytest.raises(ConfigError, match=r"train.trainable: no parameter name contains any of \['nope'\]"):
+        train_ldm(load_config(LDMRunConfig, "tiny/ldm", [f"train.out_dir={tmp_path / 'b'}", "first_stage=",
+                                                         f"init_from={folder}", "train.trainable=[nope]"]))
+    with pytest.raises(ConfigError, match="trainable: selects weights of a full fine-tune"):
+        load_config(LDMRunConfig, "tiny/ldm", ["train.trainable=[attn2]", "train.lora_rank=4"])

@@ -43,6 +43,24 @@ def add_adapters(pipe, tc, parts: tuple[str, ...]) -> int:
     return n
 
 
+def freeze_all_but(pipe, patterns: tuple[str, ...], parts: tuple[str, ...]) -> int:
+    """Full fine-tuning of part of ``parts``: parameters whose qualified names ("unet.output_blocks.3.1...")
+    contain one of ``patterns`` train, the rest are frozen. Returns the trainable count; none matching is an error."""
+    n = 0
+    for name in parts:
+        module = getattr(pipe, name)
+        if module is None:
+            continue
+        for pname, p in module.named_parameters():
+            keep = p.requires_grad and any(pat in f"{name}.{pname}" for pat in patterns)  # never unfreezes
+            p.requires_grad_(keep)
+            n += p.numel() if keep else 0
+    if n == 0:
+        raise ConfigError(f"train.trainable: no parameter name contains any of {list(patterns)} "
+                          "(names look like unet.input_blocks.1.1.transformer_blocks.0.attn2.to_k.weight)")
+    return n
+
+
 def frozen_in_half(tc) -> bool:
     """Whether this run keeps its frozen weights in half precision (a LoRA run under bf16 / fp16)."""
     return bool(tc.lora_rank) and tc.precision in HALF

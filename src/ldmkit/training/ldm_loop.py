@@ -21,7 +21,7 @@ from ..nn import ConditionerConfig, UNetConfig
 from ..nn.concat import ConcatConfig
 from ..pipeline import Pipeline, PipelineConfig
 from ..pipeline_inputs import CONTEXT_KEYS, batch_conditioning, gather_inputs
-from .adapters import add_adapters, frozen_in_half, load_release_for, lora_release
+from .adapters import add_adapters, freeze_all_but, frozen_in_half, load_release_for, lora_release
 from .checkpoint import Checkpointer
 from .config import TrainConfig, autocast, base_lr, grad_scaler, lr_factor
 from .distributed import Dist, no_sync
@@ -71,10 +71,15 @@ class LDMTrainConfig(TrainConfig):
     # drawn in equal shares with the training data; loss = instance mean + prior_weight x class mean
     prior_data: str = ""
     prior_weight: float = 1.0
+    # full fine-tuning of part of the denoiser: only parameters whose names contain one of these train (e.g.
+    # [attn1, attn2]: every UNet attention); empty = all. Frozen ones get no gradient and no optimizer state
+    trainable: tuple[str, ...] = ()
 
     def __post_init__(self) -> None:
         super().__post_init__()
         require(self.lora_rank >= 0, "lora_rank", f"must be >= 0 (0 = train every weight), got {self.lora_rank}")
+        require(not (self.trainable and self.lora_rank), "trainable",
+                "selects weights of a full fine-tune; a LoRA run trains its adapters (train.lora_rank=0 or drop it)")
         require(0.0 <= self.p_uncond < 1.0, "p_uncond", f"must be in [0, 1), got {self.p_uncond}")
         require(0.0 < self.ema_decay < 1.0, "ema_decay", f"must be in (0, 1), got {self.ema_decay}")
         require(self.eval_every >= 0, "eval_every", f"must be >= 0, got {self.eval_every}")
@@ -214,6 +219,8 @@ def _train(cfg: LDMRunConfig, released: Pipeline | None, resume: bool, out: Path
         pipe.unet.to(memory_format=torch.channels_last)
     # before the optimizer, the EMA copy and the checkpoint restore, which all see the adapters
     n_lora = add_adapters(pipe, tc, DENOISER_PARTS) if tc.lora_rank else 0
+    if tc.trainable:
+        freeze_all_but(pipe, tc.trainable, DENOISER_PARTS)
     store = open_embedding_cache(cfg, pipe.conditioner)
     if store is not None:  # before the EMA copy, which then shares it
         pipe.conditioner.store = store
