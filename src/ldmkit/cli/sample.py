@@ -115,7 +115,7 @@ def _stack(items: list[dict]) -> dict:
 def sample_options(args: argparse.Namespace) -> dict:
     """Sampler options given on the command line (only those given: each sampler keeps its defaults)."""
     options = {k: v for k, v in (("eta", args.eta), ("spacing", args.spacing), ("order", args.order),
-                                 ("noise_type", getattr(args, "noise_type", None))) if v is not None}
+                                 ("noise_type", args.noise_type)) if v is not None}
     if args.karras:
         options["karras"] = True
     validate_options(args.sampler, options)  # unknown names, options and values fail before the checkpoint loads

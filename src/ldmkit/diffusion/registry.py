@@ -102,17 +102,14 @@ def check_options(name: str, options: dict) -> None:
 
 
 def validate_options(name: str, options: dict) -> None:
-    """:func:`check_options`, then the values too: the sampler runs 2 steps of a zero model on one number with
-    ``options`` (milliseconds), so a bad value (PLMS order 1, a negative eta) fails before a checkpoint loads."""
-    import torch
-
+    """:func:`check_options`, then the values too: the sampler runs on a stand-in model (:func:`~.nfe.count_nfe`,
+    milliseconds), so a bad value (PLMS order 1, a negative eta) fails before a checkpoint loads."""
+    from ldmkit.diffusion.nfe import count_nfe  # (nfe imports this module)
     from ldmkit.diffusion.schedule import Schedule, ScheduleConfig
 
     check_options(name, options)
-    fn = get_sampler(name)
-    steps = None if sampler_name(name) == "ddpm" else 2
-    fn(lambda x, t: torch.zeros_like(x), torch.zeros(1, 1, dtype=torch.float64), Schedule(ScheduleConfig()),
-       steps=steps, generator=torch.Generator().manual_seed(0), **options)
+    schedule = Schedule(ScheduleConfig())
+    count_nfe(name, schedule.timesteps if sampler_name(name) == "ddpm" else 2, schedule, **options)
 
 
 def option_default(name: str, option: str):

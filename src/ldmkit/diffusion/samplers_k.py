@@ -82,6 +82,35 @@ def sample_euler(denoise_fn: DenoiseFn, noise: Tensor, schedule: Schedule, *, st
     return x
 
 
+def check_eta(eta: float) -> None:
+    if not (isinstance(eta, (int, float)) and eta >= 0):
+        raise ConfigError(f"eta: must be >= 0, got {eta}")
+
+
+def dpm_solver_1(x: Tensor, sigma: float, sigma_next: float, denoised: Tensor) -> Tensor:
+    """DPM-Solver++(1) (= DDIM) from sigma to sigma_next with the x_0 estimate ``denoised``:
+    (sigma_next / sigma) x - expm1(-h) D, h = log(sigma / sigma_next); the limit D at sigma_next = 0."""
+    if sigma_next == 0:
+        return denoised
+    return (sigma_next / sigma) * x - math.expm1(math.log(sigma_next / sigma)) * denoised
+
+
+def ancestral_loop(run: "_Run", eta: float, draw: noise_lib.NoiseFn | None,
+                   step: Callable[[Tensor, float, float, Tensor], Tensor]) -> Tensor:
+    """The loop of the ancestral samplers: per step the model's D, a deterministic ``step(x, sigma, sigma_down, D)``
+    to sigma_down, then noise of std sigma_up from ``draw`` (none into sigma = 0, none without ``draw``)."""
+    x = run.x
+    for i in range(len(run)):
+        sigma, sigma_next = run.sigmas[i], run.sigmas[i + 1]
+        denoised = run.denoise(x, sigma)
+        sigma_down, sigma_up = ancestral_step(sigma, sigma_next, eta)
+        x = step(x, sigma, sigma_down, denoised)
+        if draw is not None and sigma_next > 0:
+            x = x + sigma_up * draw(sigma, sigma_next)
+        run.report(i, x, denoised)
+    return x
+
+
 def ancestral_step(sigma: float, sigma_next: float, eta: float = 1.0) -> tuple[float, float]:
     """(sigma_down, sigma_up): an ancestral step from sigma to sigma_next is a deterministic step to
     sigma_down plus fresh noise of std sigma_up, with sigma_down^2 + sigma_up^2 = sigma_next^2.
@@ -99,19 +128,10 @@ def sample_euler_ancestral(denoise_fn: DenoiseFn, noise: Tensor, schedule: Sched
                            x_init: Tensor | None = None, strength: float = 1.0) -> Tensor:
     """Euler ancestral: an Euler step down to sigma_down, then noise of std sigma_up drawn from
     ``generator`` (one draw per step except the last, which adds none). ``eta`` scales sigma_up."""
-    if eta < 0:
-        raise ConfigError(f"eta: must be >= 0, got {eta}")
+    check_eta(eta)
     run = _Run(denoise_fn, noise, schedule, steps, spacing, karras, steps_offset, quantize, x_init, strength, callback)
-    x = run.x
-    for i in range(len(run)):
-        sigma, sigma_next = run.sigmas[i], run.sigmas[i + 1]
-        denoised = run.denoise(x, sigma)
-        sigma_down, sigma_up = ancestral_step(sigma, sigma_next, eta)
-        x = x + (x - denoised) / sigma * (sigma_down - sigma)
-        if sigma_next > 0:
-            x = x + sigma_up * noise_lib.randn(x.shape, generator, device=x.device, dtype=x.dtype)
-        run.report(i, x, denoised)
-    return x
+    draw = noise_lib.noise_source("gaussian", run.x, run.sigmas, generator)
+    return ancestral_loop(run, eta, draw, lambda x, sigma, sigma_down, d: x + (x - d) / sigma * (sigma_down - sigma))
 
 
 def sample_heun(denoise_fn: DenoiseFn, noise: Tensor, schedule: Schedule, *, steps: int | None = 50,
@@ -154,15 +174,11 @@ def sample_dpmpp_2m(denoise_fn: DenoiseFn, noise: Tensor, schedule: Schedule, *,
     for i in range(len(run)):
         sigma, sigma_next = run.sigmas[i], run.sigmas[i + 1]
         denoised = run.denoise(x, sigma)
-        if sigma_next == 0:
-            x = denoised  # the exponential integrator's limit at sigma = 0
-        else:
-            h = math.log(sigma) - math.log(sigma_next)
-            d = denoised
-            if old_denoised is not None:
-                r = (math.log(run.sigmas[i - 1]) - math.log(sigma)) / h
-                d = (1 + 1 / (2 * r)) * denoised - (1 / (2 * r)) * old_denoised
-            x = (sigma_next / sigma) * x - math.expm1(-h) * d
+        d = denoised
+        if sigma_next > 0 and old_denoised is not None:
+            r = (math.log(run.sigmas[i - 1]) - math.log(sigma)) / (math.log(sigma) - math.log(sigma_next))
+            d = (1 + 1 / (2 * r)) * denoised - (1 / (2 * r)) * old_denoised
+        x = dpm_solver_1(x, sigma, sigma_next, d)  # D itself at sigma = 0 (the exponential integrator's limit)
         old_denoised = denoised
         run.report(i, x, denoised)
     return x

@@ -22,65 +22,14 @@ tests compare against diffusers with that one sign changed.
 from __future__ import annotations
 
 import math
-from typing import Callable
 
-import torch
 from torch import Tensor
 
 from ldmkit.config import ConfigError
 from ldmkit.diffusion import noise as noise_lib
-from ldmkit.diffusion.samplers_k import Callback, DenoiseFn, _Run, ancestral_step
+from ldmkit.diffusion.noise import noise_source
+from ldmkit.diffusion.samplers_k import Callback, DenoiseFn, _Run, ancestral_loop, check_eta, dpm_solver_1
 from ldmkit.diffusion.schedule import Schedule
-
-NoiseFn = Callable[[float, float], Tensor]  # (sigma, sigma_next) -> N(0, I) of x's shape
-
-
-class BrownianNoise:
-    """Standard-normal increments (W(sigma_next) - W(sigma)) / sqrt(|sigma - sigma_next|) of a Brownian motion
-    on [sigma_min, sigma_max], one per sample (seeds drawn from per-sample generators) or one for the batch."""
-
-    def __init__(self, x: Tensor, sigma_min: float, sigma_max: float, generator: noise_lib.Generators) -> None:
-        try:
-            import torchsde
-        except ImportError as e:  # an optional dependency (pip install 'ldmkit[sde]')
-            raise ConfigError("noise_type: brownian needs the torchsde package (pip install torchsde)") from e
-        gens = generator if isinstance(generator, (list, tuple)) else [generator]
-        self.batched = len(gens) > 1 or isinstance(generator, (list, tuple))
-        shape = x.shape[1:] if self.batched else x.shape
-        self.device, self.dtype = x.device, x.dtype
-        self.trees = []
-        for g in gens:
-            seed = int(torch.randint(0, 2**62, (), generator=g, device=g.device if g is not None else "cpu"))
-            # halfway_tree: the path depends on the seed alone, not on where and in which order it is read
-            # (torchsde's BrownianTree, as k-diffusion's BrownianTreeNoiseSampler uses it)
-            self.trees.append(torchsde.BrownianInterval(t0=sigma_min, t1=sigma_max, size=tuple(shape),
-                                                        dtype=torch.float32, entropy=seed, tol=1e-6,
-                                                        halfway_tree=True))
-        self.span = (sigma_min, sigma_max)
-        self.ends = (float(self.trees[0]._start), float(self.trees[0]._end))
-
-    def __call__(self, sigma: float, sigma_next: float) -> Tensor:
-        lo, hi = sorted((max(sigma_next, self.span[0]), min(sigma, self.span[1])))
-        lo, hi = max(lo, self.ends[0]), min(hi, self.ends[1])  # the tree keeps its ends in float32
-        w = torch.stack([tree(lo, hi) for tree in self.trees]) if self.batched else self.trees[0](lo, hi)
-        # the walk runs from high sigma to low: the increment W(lo) - W(hi) = -(W(hi) - W(lo))
-        return (-w / math.sqrt(hi - lo)).to(device=self.device, dtype=self.dtype)
-
-
-def noise_source(kind: str, x: Tensor, sigmas: list[float], generator: noise_lib.Generators) -> NoiseFn:
-    """The per-step noise of a stochastic sampler: ``kind`` "gaussian" or "brownian" (see the module doc)."""
-    if kind == "gaussian":
-        return lambda sigma, sigma_next: noise_lib.randn(x.shape, generator, device=x.device, dtype=x.dtype)
-    if kind == "brownian":
-        positive = [s for s in sigmas if s > 0]
-        return BrownianNoise(x, min(positive), max(positive), generator)
-    raise ConfigError(f"noise_type: expected gaussian or brownian, got {kind!r}")
-
-
-def _check_eta(eta: float) -> None:
-    if not (isinstance(eta, (int, float)) and eta >= 0):
-        raise ConfigError(f"eta: must be >= 0, got {eta}")
-
 
 def sample_dpmpp_2m_sde(denoise_fn: DenoiseFn, noise: Tensor, schedule: Schedule, *, steps: int | None = 50,
                         generator: noise_lib.Generators = None, callback: Callback = None, eta: float = 1.0,
@@ -112,7 +61,7 @@ def sample_dpmpp_3m_sde(denoise_fn: DenoiseFn, noise: Tensor, schedule: Schedule
 
 def _multistep_sde(order: int, denoise_fn, noise, schedule, steps, generator, callback, eta, solver, noise_type,
                    spacing, karras, steps_offset, quantize, x_init, strength, lower_order_final=True) -> Tensor:
-    _check_eta(eta)
+    check_eta(eta)
     if solver not in ("midpoint", "heun"):
         raise ConfigError(f"solver: expected midpoint or heun, got {solver!r}")
     run = _Run(denoise_fn, noise, schedule, steps, spacing, karras, steps_offset, quantize, x_init, strength, callback)
@@ -151,21 +100,14 @@ def _multistep_sde(order: int, denoise_fn, noise, schedule, steps, generator, ca
     return x
 
 
-def _first_order(x: Tensor, sigma: float, sigma_next: float, denoised: Tensor) -> Tensor:
-    """DPM-Solver++(1) (= DDIM) from sigma to sigma_next: (sigma_next / sigma) x - expm1(-h) D; D at sigma_next = 0."""
-    if sigma_next == 0:
-        return denoised
-    return (sigma_next / sigma) * x - math.expm1(math.log(sigma_next / sigma)) * denoised
-
-
 def _singlestep_2(x: Tensor, sigma: float, sigma_mid: float, sigma_next: float, denoised: Tensor,
                   run: _Run) -> tuple[Tensor, Tensor, Tensor]:
     """DPM-Solver++(2S) from sigma to sigma_next through sigma_mid: (x_next, x_mid, the x_0 at sigma_mid), with
     D' = D + (D_mid - D) / (2 r), r = (lambda_mid - lambda) / h (diffusers' singlestep midpoint update)."""
     r = math.log(sigma / sigma_mid) / math.log(sigma / sigma_next)
-    x_mid = _first_order(x, sigma, sigma_mid, denoised)
+    x_mid = dpm_solver_1(x, sigma, sigma_mid, denoised)
     denoised_mid = run.denoise(x_mid, sigma_mid)
-    return _first_order(x, sigma, sigma_next, denoised + (denoised_mid - denoised) / (2 * r)), x_mid, denoised_mid
+    return dpm_solver_1(x, sigma, sigma_next, denoised + (denoised_mid - denoised) / (2 * r)), x_mid, denoised_mid
 
 
 def sample_dpmpp_2s_ancestral(denoise_fn: DenoiseFn, noise: Tensor, schedule: Schedule, *, steps: int | None = 50,
@@ -176,23 +118,17 @@ def sample_dpmpp_2s_ancestral(denoise_fn: DenoiseFn, noise: Tensor, schedule: Sc
     """DPM-Solver++(2S) ancestral (k-diffusion's ``sample_dpmpp_2s_ancestral``): per step a second-order
     single step to sigma_down through the midpoint in lambda, then noise of std sigma_up (``eta`` scales it; 0
     gives the deterministic DPM++ 2S); the last step, to sigma = 0, is x = D. 2N - 1 model calls."""
-    _check_eta(eta)
+    check_eta(eta)
     run = _Run(denoise_fn, noise, schedule, steps, spacing, karras, steps_offset, quantize, x_init, strength, callback)
-    x = run.x
-    draw = noise_source(noise_type, x, run.sigmas, generator) if eta > 0 else None
-    for i in range(len(run)):
-        sigma, sigma_next = run.sigmas[i], run.sigmas[i + 1]
-        denoised = run.denoise(x, sigma)
-        sigma_down, sigma_up = ancestral_step(sigma, sigma_next, eta)
+    draw = noise_source(noise_type, run.x, run.sigmas, generator) if eta > 0 else None
+
+    def step(x: Tensor, sigma: float, sigma_down: float, denoised: Tensor) -> Tensor:
         if sigma_down == 0:
-            x = denoised
-        else:
-            sigma_mid = math.sqrt(sigma * sigma_down)  # the midpoint in lambda = -log sigma
-            x, _, _ = _singlestep_2(x, sigma, sigma_mid, sigma_down, denoised, run)
-            if draw is not None and sigma_next > 0:
-                x = x + draw(sigma, sigma_next) * sigma_up
-        run.report(i, x, denoised)
-    return x
+            return denoised
+        sigma_mid = math.sqrt(sigma * sigma_down)  # the midpoint in lambda = -log sigma
+        return _singlestep_2(x, sigma, sigma_mid, sigma_down, denoised, run)[0]
+
+    return ancestral_loop(run, eta, draw, step)
 
 
 def sample_dpmpp_2s(denoise_fn: DenoiseFn, noise: Tensor, schedule: Schedule, *, steps: int | None = 50,
@@ -214,10 +150,10 @@ def sample_dpmpp_2s(denoise_fn: DenoiseFn, noise: Tensor, schedule: Schedule, *,
             run.report(i + 1, x, denoised_mid)
             i += 2
         else:
-            x = _first_order(x, sigma, run.sigmas[i + 1], denoised)
+            x = dpm_solver_1(x, sigma, run.sigmas[i + 1], denoised)
             run.report(i, x, denoised)
             i += 1
     return x
 
-__all__ = ["BrownianNoise", "noise_source", "sample_dpmpp_2m_sde", "sample_dpmpp_2s", "sample_dpmpp_2s_ancestral",
+__all__ = ["sample_dpmpp_2m_sde", "sample_dpmpp_2s", "sample_dpmpp_2s_ancestral",
            "sample_dpmpp_3m_sde"]

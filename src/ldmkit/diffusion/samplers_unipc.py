@@ -66,7 +66,7 @@ def sample_unipc(denoise_fn: DenoiseFn, noise: Tensor, schedule: Schedule, *, st
         denoised = run.denoise(x, sigma)
         if corrector and x_last is not None:
             x = _update(x_last, outs, run.sigmas[i - 1], sigma, last_order, variant, corrected_by=denoised)
-        outs = [*outs[-(order - 1):], (denoised, -math.log(sigma))] if order > 1 else [(denoised, -math.log(sigma))]
+        outs = [*outs, (denoised, -math.log(sigma))][-order:]
         p = min(order, n - i) if lower_order_final else order
         p = min(p, len(outs))
         x_last, last_order = x, p
